@@ -1,0 +1,434 @@
+"""Configuration as its own phase: read YAML, fill `${VAR}` from the environment, validate, build frozen values.
+
+Every problem is collected and reported together as `file: key.path: message`. Nothing here does I/O after
+the file is read, and nothing patches globals: `load_config` returns a new immutable `Config` or raises.
+Secrets (the client secret) are read from the environment only, never from the YAML file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+from dotenv import dotenv_values
+
+from .rules import Access, PathPattern, Policy, Route, valid_method
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """One or more problems, each already formatted as `file: key: message`."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    host: str = "0.0.0.0"
+    port: int = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class IdPConfig:
+    issuer: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    introspection_endpoint: str | None = None  # None: taken from the discovery document
+    connect_url: str | None = None  # connect here while presenting the issuer's host (docker networks)
+    project_id: str | None = None
+    clock_leeway: float = 30.0
+    timeout: float = 5.0
+    discovery_attempts: int = 5
+
+    @property
+    def host_header(self) -> str | None:
+        """The Host ZITADEL must see when we connect through `connect_url` (it picks the instance by Host)."""
+        return urlsplit(self.issuer).netloc if self.connect_url else None
+
+    def connect(self, url: str) -> str:
+        """Rewrite an issuer-based URL to go through `connect_url`."""
+        if not self.connect_url or not url.startswith(self.issuer):
+            return url
+        return self.connect_url + url[len(self.issuer) :]
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    name: str
+    url: str
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: str
+    listen: Listen
+    idp: IdPConfig | None
+    upstreams: Mapping[str, Upstream]
+    routes: tuple[Route, ...]
+
+    def __post_init__(self) -> None:
+        # Frozen all the way down: a plain dict here could be changed by anyone holding the config.
+        object.__setattr__(self, "upstreams", _FrozenMapping(self.upstreams))
+
+
+class _FrozenMapping(Mapping[str, Upstream]):
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Upstream]) -> None:
+        self._data = dict(data)
+
+    def __getitem__(self, key: str) -> Upstream:
+        return self._data[key]
+
+    def __iter__(self) -> Any:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return repr(self._data)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Environment
+
+
+def read_environment(env_file: str | Path | None) -> dict[str, str]:
+    """The process environment over the dotenv file: what is set for real wins over `.env`."""
+    merged: dict[str, str] = {}
+    if env_file is not None and Path(env_file).is_file():
+        merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    merged.update(os.environ)
+    return merged
+
+
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(value: str, env: Mapping[str, str], problem: Callable[[str], None]) -> str:
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name, default = m.group(1), m.group(2)
+        got = env.get(name)
+        if got is None or (got == "" and default is not None):
+            if default is None:
+                problem(f"environment variable {name} is not set")
+                return ""
+            return default
+        return got
+
+    return _VAR.sub(sub, value)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Validation helpers: each records a problem under its key path and returns a usable placeholder.
+
+
+class _Checker:
+    def __init__(self, file: str, env: Mapping[str, str]) -> None:
+        self.file = file
+        self.env = env
+        self.problems: list[str] = []
+        self._failed: set[str] = set()
+
+    def fail(self, path: str, message: str) -> None:
+        self._failed.add(path)
+        self.problems.append(f"{self.file}: {path}: {message}" if path else f"{self.file}: {message}")
+
+    def expand(self, node: Any, path: str) -> Any:
+        if isinstance(node, str):
+            return _interpolate(node, self.env, lambda msg: self.fail(path, msg))
+        if isinstance(node, dict):
+            return {k: self.expand(v, _join(path, str(k))) for k, v in node.items()}
+        if isinstance(node, list):
+            return [self.expand(v, f"{path}[{i}]") for i, v in enumerate(node)]
+        return node
+
+    def mapping(self, node: Any, path: str, allowed: frozenset[str]) -> dict[str, Any]:
+        if node is None:
+            return {}
+        if not isinstance(node, dict):
+            self.fail(path, "expected a mapping")
+            return {}
+        for key in node:
+            if key not in allowed:
+                hint = ", ".join(sorted(allowed))
+                self.fail(_join(path, str(key)), f"unknown key (expected one of: {hint})")
+        return node
+
+    def string(self, node: dict[str, Any], key: str, path: str, default: str | None = None) -> str | None:
+        value = node.get(key, default)
+        if value is None or value == "":
+            return default
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            self.fail(_join(path, key), "expected a string")
+            return default
+        return str(value)
+
+    def required_string(self, node: dict[str, Any], key: str, path: str) -> str:
+        value = self.string(node, key, path)
+        if value is None:
+            if _join(path, key) not in self._failed:  # an unset ${VAR} was reported already
+                self.fail(_join(path, key), "is required")
+            return ""
+        return value
+
+    def number(self, node: dict[str, Any], key: str, path: str, default: float, minimum: float = 0) -> float:
+        value = node.get(key, default)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(_join(path, key), f"expected a number, got {value!r}")
+            return default
+        if isinstance(value, bool) or number < minimum:
+            self.fail(_join(path, key), f"expected a number >= {minimum:g}, got {value!r}")
+            return default
+        return number
+
+    def integer(self, node: dict[str, Any], key: str, path: str, default: int, lo: int, hi: int) -> int:
+        value = node.get(key, default)
+        try:
+            number = int(str(value), 10)
+        except ValueError:
+            self.fail(_join(path, key), f"expected a whole number, got {value!r}")
+            return default
+        if isinstance(value, bool) or not lo <= number <= hi:
+            self.fail(_join(path, key), f"expected a whole number from {lo} to {hi}, got {value!r}")
+            return default
+        return number
+
+    def boolean(self, node: dict[str, Any], key: str, path: str, default: bool) -> bool:
+        value = node.get(key, default)
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        self.fail(_join(path, key), f"expected true or false, got {value!r}")
+        return default
+
+    def string_list(self, node: dict[str, Any], key: str, path: str) -> list[str] | None:
+        if key not in node:
+            return None
+        value = node[key]
+        if not isinstance(value, list):
+            self.fail(_join(path, key), "expected a list")
+            return []
+        out: list[str] = []
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or not item.strip():
+                self.fail(f"{_join(path, key)}[{i}]", "expected a non-empty string")
+            else:
+                out.append(item.strip())
+        return out
+
+    def url(self, value: str | None, path: str) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            self.fail(path, f"expected an http(s) URL with a host, got {value!r}")
+            return None
+        return value.rstrip("/")
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sections
+
+_TOP = frozenset({"listen", "idp", "upstreams", "routes"})
+_LISTEN = frozenset({"host", "port"})
+_IDP = frozenset(
+    {
+        "issuer",
+        "introspection_endpoint",
+        "connect_url",
+        "project_id",
+        "clock_leeway_seconds",
+        "timeout_seconds",
+        "discovery_attempts",
+    }
+)
+_UPSTREAM = frozenset({"url", "connect_timeout_seconds", "read_timeout_seconds"})
+_ROUTE = frozenset({"id", "path", "methods", "policy", "roles", "upstream", "pass_authorization"})
+_ROLES = frozenset({"any_of", "all_of"})
+_SECRET_KEYS = frozenset({"client_secret", "secret", "client_id"})
+
+
+def _listen(c: _Checker, node: Any) -> Listen:
+    m = c.mapping(node, "listen", _LISTEN)
+    return Listen(
+        host=c.string(m, "host", "listen", "0.0.0.0") or "0.0.0.0",
+        port=c.integer(m, "port", "listen", 5000, 1, 65535),
+    )
+
+
+def _idp(c: _Checker, node: Any, needed: bool) -> IdPConfig | None:
+    if node is None and not needed:
+        return None
+    if isinstance(node, dict):
+        for key in _SECRET_KEYS & node.keys():
+            c.fail(
+                f"idp.{key}",
+                "credentials come from the environment (ZITADEL_CLIENT_ID, ZITADEL_CLIENT_SECRET)",
+            )
+        node = {k: v for k, v in node.items() if k not in _SECRET_KEYS}
+    m = c.mapping(node, "idp", _IDP)
+    if node is None:
+        c.fail("idp", "is required because a route needs authentication")
+    issuer = c.url(c.required_string(m, "issuer", "idp") or None, "idp.issuer")
+    client_id = c.env.get("ZITADEL_CLIENT_ID") or c.env.get("CLIENT_ID") or ""
+    secret = c.env.get("ZITADEL_CLIENT_SECRET") or c.env.get("CLIENT_SECRET") or ""
+    if not client_id:
+        c.fail("idp", "ZITADEL_CLIENT_ID is not set in the environment or the .env file")
+    if not secret:
+        c.fail("idp", "ZITADEL_CLIENT_SECRET is not set in the environment or the .env file")
+    return IdPConfig(
+        issuer=issuer or "",
+        client_id=client_id,
+        client_secret=secret,
+        introspection_endpoint=c.url(c.string(m, "introspection_endpoint", "idp"), "idp.introspection_endpoint"),
+        connect_url=c.url(c.string(m, "connect_url", "idp"), "idp.connect_url"),
+        project_id=c.string(m, "project_id", "idp"),
+        clock_leeway=c.number(m, "clock_leeway_seconds", "idp", 30.0),
+        timeout=c.number(m, "timeout_seconds", "idp", 5.0, minimum=0.1),
+        discovery_attempts=c.integer(m, "discovery_attempts", "idp", 5, 1, 100),
+    )
+
+
+def _upstreams(c: _Checker, node: Any) -> dict[str, Upstream]:
+    if not isinstance(node, dict) or not node:
+        c.fail("upstreams", "expected a mapping of name to URL with at least one upstream")
+        return {}
+    out: dict[str, Upstream] = {}
+    for name, spec in node.items():
+        path = f"upstreams.{name}"
+        m = {"url": spec} if isinstance(spec, str) else c.mapping(spec, path, _UPSTREAM)
+        url = c.url(c.required_string(m, "url", path) or None, _join(path, "url"))
+        out[str(name)] = Upstream(
+            name=str(name),
+            url=url or "",
+            connect_timeout=c.number(m, "connect_timeout_seconds", path, 5.0, minimum=0.1),
+            read_timeout=c.number(m, "read_timeout_seconds", path, 60.0, minimum=0.1),
+        )
+    return out
+
+
+def _policy(c: _Checker, m: dict[str, Any], path: str) -> Policy:
+    has_roles = "roles" in m
+    policy = m.get("policy")
+    if has_roles:
+        if policy not in (None, "roles"):
+            c.fail(_join(path, "policy"), f"'{policy}' cannot be combined with roles")
+        roles = c.mapping(m["roles"], _join(path, "roles"), _ROLES)
+        any_of = c.string_list(roles, "any_of", _join(path, "roles")) or []
+        all_of = c.string_list(roles, "all_of", _join(path, "roles")) or []
+        if not any_of and not all_of and isinstance(m["roles"], dict):
+            c.fail(_join(path, "roles"), "needs a non-empty any_of or all_of")
+        return Policy(Access.ROLES, frozenset(any_of), frozenset(all_of))
+    if policy in ("public", "authenticated"):
+        return Policy(Access(policy))
+    if policy is None:
+        c.fail(path, "needs a policy: public, authenticated, or roles with any_of / all_of")
+    else:
+        c.fail(_join(path, "policy"), f"expected public or authenticated (or a roles mapping), got {policy!r}")
+    return Policy(Access.AUTHENTICATED)
+
+
+def _routes(c: _Checker, node: Any, upstreams: Mapping[str, Upstream]) -> list[Route]:
+    if not isinstance(node, list) or not node:
+        c.fail("routes", "expected a non-empty list of routes")
+        return []
+    default_upstream = "default" if "default" in upstreams else (next(iter(upstreams)) if len(upstreams) == 1 else None)
+    routes: list[Route] = []
+    for i, raw in enumerate(node):
+        path = f"routes[{i}]"
+        m = c.mapping(raw, path, _ROUTE)
+        source = c.required_string(m, "path", path)
+        try:
+            pattern = PathPattern.compile(source)
+        except ValueError as exc:
+            if source:
+                c.fail(_join(path, "path"), f"{source!r}: {exc}")
+            pattern = PathPattern(source, (), False)
+        methods_list = c.string_list(m, "methods", path)
+        methods = None
+        if methods_list is not None:
+            methods = frozenset(x.upper() for x in methods_list)
+            for j, meth in enumerate(methods_list):
+                if not valid_method(meth.upper()):
+                    c.fail(f"{path}.methods[{j}]", f"{meth!r} is not an HTTP method")
+            if not methods_list:
+                c.fail(
+                    _join(path, "methods"),
+                    "an empty list matches nothing; leave it out to allow every method",
+                )
+        upstream = c.string(m, "upstream", path) or default_upstream
+        if upstream is None:
+            c.fail(
+                _join(path, "upstream"),
+                "is required when there are several upstreams and none named 'default'",
+            )
+        elif upstream not in upstreams and upstreams:
+            c.fail(_join(path, "upstream"), f"no upstream named {upstream!r}")
+        routes.append(
+            Route(
+                id=c.string(m, "id", path) or source,
+                pattern=pattern,
+                policy=_policy(c, m, path),
+                upstream=upstream or "",
+                methods=methods,
+                pass_authorization=c.boolean(m, "pass_authorization", path, True),
+            )
+        )
+    return routes
+
+
+def parse_config(document: Any, *, source: str, env: Mapping[str, str]) -> Config:
+    """Validate an already-parsed YAML document; raise ConfigError listing every problem."""
+    c = _Checker(source, env)
+    if not isinstance(document, dict):
+        raise ConfigError([f"{source}: expected a mapping at the top level"])
+    doc = c.expand(document, "")
+    c.mapping(doc, "", _TOP)
+    listen = _listen(c, doc.get("listen"))
+    upstreams = _upstreams(c, doc.get("upstreams"))
+    routes = _routes(c, doc.get("routes"), upstreams)
+    needs_idp = any(r.policy.access is not Access.PUBLIC for r in routes)
+    idp = _idp(c, doc.get("idp"), needs_idp)
+    if c.problems:
+        raise ConfigError(c.problems)
+    return Config(source=source, listen=listen, idp=idp, upstreams=upstreams, routes=tuple(routes))
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a config file. `env` defaults to the process environment over `.env` beside the file."""
+    path = Path(path)
+    if env is None:
+        env = read_environment(path.parent / ".env")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f"line {where.line + 1}" if where is not None else "YAML"
+        raise ConfigError([f"{path}: {at}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from exc
+    return parse_config(document, source=str(path), env=env)

@@ -1,0 +1,172 @@
+"""Every error the gateway answers with, each carrying its status, and the one middleware that renders them.
+
+Errors are classified by type, never by message text. Bodies are JSON `{"error", "error_description"}` and never
+contain a token or anything else the client sent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+
+from aiohttp import web
+
+log = logging.getLogger("gateway")
+
+REALM = 'Bearer realm="gateway"'
+
+
+class GatewayError(Exception):
+    """Base: an answer the gateway gives instead of forwarding."""
+
+    status = 500
+    error = "server_error"
+    description = "internal gateway error"
+
+    def __init__(self, description: str | None = None) -> None:
+        super().__init__(description or self.description)
+        if description is not None:
+            self.description = description
+
+    @property
+    def reason(self) -> str:
+        """Short machine-readable reason for decision logs and metrics."""
+        return self.error
+
+    def headers(self) -> Mapping[str, str]:
+        return {}
+
+
+class BadRequest(GatewayError):
+    status = 400
+    error = "invalid_request"
+    description = "the request is malformed"
+
+
+class NotFound(GatewayError):
+    status = 404
+    error = "not_found"
+    description = "no route matches this request"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    error = "payload_too_large"
+    description = "the request body is larger than this route allows"
+
+
+class Unauthenticated(GatewayError):
+    """No credentials at all: RFC 6750 §3.1 says send no error code, only the challenge."""
+
+    status = 401
+    error = "unauthorized"
+    description = "a bearer token is required"
+
+    def headers(self) -> Mapping[str, str]:
+        return {"WWW-Authenticate": REALM}
+
+
+class InvalidToken(GatewayError):
+    status = 401
+    error = "invalid_token"
+    description = "the access token is invalid, expired or revoked"
+
+    def __init__(self, description: str | None = None, *, reason: str = "invalid_token") -> None:
+        super().__init__(description)
+        self._reason = reason
+
+    @property
+    def reason(self) -> str:
+        return self._reason
+
+    def headers(self) -> Mapping[str, str]:
+        return {"WWW-Authenticate": f'{REALM}, error="invalid_token"'}
+
+
+class InvalidRequestToken(GatewayError):
+    """A malformed credential (RFC 6750 §3.1 invalid_request): 400 with the challenge."""
+
+    status = 400
+    error = "invalid_request"
+    description = "the authorization header is malformed"
+
+    def headers(self) -> Mapping[str, str]:
+        return {"WWW-Authenticate": f'{REALM}, error="invalid_request"'}
+
+
+class InsufficientScope(GatewayError):
+    status = 403
+    error = "insufficient_scope"
+    description = "the token lacks a role this route requires"
+
+    def __init__(self, description: str | None = None, *, required: str = "") -> None:
+        super().__init__(description)
+        self.required = required
+
+    @property
+    def reason(self) -> str:
+        return f"missing role {self.required}" if self.required else self.error
+
+    def headers(self) -> Mapping[str, str]:
+        return {"WWW-Authenticate": f'{REALM}, error="insufficient_scope"'}
+
+
+class IdPUnavailable(GatewayError):
+    """ZITADEL could not answer: never 401 (that would log users out), never a pass."""
+
+    status = 503
+    error = "idp_unavailable"
+    description = "the identity provider is unavailable, try again shortly"
+    retry_after = 5
+
+    def headers(self) -> Mapping[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class UpstreamUnavailable(GatewayError):
+    status = 502
+    error = "bad_gateway"
+    description = "the upstream service could not be reached"
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504
+    error = "gateway_timeout"
+    description = "the upstream service did not answer in time"
+
+
+def error_response(exc: GatewayError) -> web.Response:
+    body = json.dumps({"error": exc.error, "error_description": exc.description}, separators=(",", ":"))
+    return web.Response(
+        status=exc.status,
+        body=body.encode(),
+        content_type="application/json",
+        headers={**exc.headers(), "Cache-Control": "no-store"},
+    )
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        # aiohttp's own answers (e.g. 413 from client_max_size) get the same JSON shape.
+        if exc.status < 400:
+            raise
+        return error_response(_http_exception_as_gateway_error(exc))
+    except Exception:
+        log.exception("unhandled error while serving %s", request.method)
+        return error_response(GatewayError())
+
+
+def _http_exception_as_gateway_error(exc: web.HTTPException) -> GatewayError:
+    err = GatewayError(exc.reason)
+    err.status = exc.status
+    err.error = "payload_too_large" if exc.status == 413 else "http_error"
+    return err

@@ -1,0 +1,232 @@
+"""Authenticate: bearer token -> Principal through ZITADEL's RFC 7662 introspection endpoint.
+
+`parse_introspection` is pure and decides everything about an answer. `Introspector` does the I/O: discovery,
+client authentication, one POST per call, and the mapping of every IdP failure to 503 (never 401, never a pass).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import quote_plus
+
+import aiohttp
+
+from .config import IdPConfig
+from .errors import IdPUnavailable, InvalidToken
+
+log = logging.getLogger("gateway.introspection")
+
+ROLES_CLAIM = "urn:zitadel:iam:org:project:roles"
+ORG_ID_CLAIM = "urn:zitadel:iam:user:resourceowner:id"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    subject: str
+    roles: frozenset[str]
+    username: str | None = None
+    client_id: str | None = None
+    org_id: str | None = None
+    scope: str = ""
+    expires_at: float | None = None
+
+
+class Authenticator(Protocol):
+    async def authenticate(self, token: str) -> Principal: ...
+
+
+class MalformedAnswer(IdPUnavailable):
+    """The IdP answered 200 with something RFC 7662 does not allow: an IdP fault, so 503.
+
+    The detail goes to the log only; the client sees the generic 503 description.
+    """
+
+    def __init__(self, detail: str = "malformed introspection answer") -> None:
+        super().__init__()
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.detail
+
+
+def _number(body: Mapping[str, Any], claim: str) -> float | None:
+    value = body.get(claim)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise MalformedAnswer(f"introspection claim {claim!r} is not a number")
+    return float(value)
+
+
+def _text(body: Mapping[str, Any], claim: str) -> str | None:
+    value = body.get(claim)
+    return value if isinstance(value, str) and value else None
+
+
+def _role_keys(claim: Any) -> set[str]:
+    # {"<roleKey>": {"<orgId>": "<orgDomain>"}}; absent means no roles. Anything else grants nothing.
+    return {key for key in claim if isinstance(key, str)} if isinstance(claim, dict) else set()
+
+
+def parse_introspection(body: Any, *, issuer: str, project_id: str | None, now: float, leeway: float) -> Principal:
+    """Turn an introspection answer into a Principal, or raise InvalidToken / MalformedAnswer.
+
+    Checked in order: active, exp, nbf, iss. Roles never come from `scope`: for a PAT ZITADEL lists every role
+    of the project there, granted or not.
+    """
+    if not isinstance(body, dict) or not isinstance(body.get("active"), bool):
+        raise MalformedAnswer("introspection answer without a boolean 'active'")
+    if not body["active"]:
+        raise InvalidToken(reason="inactive")
+    exp = _number(body, "exp")
+    if exp is not None and exp + leeway <= now:
+        raise InvalidToken("the access token has expired", reason="expired")
+    nbf = _number(body, "nbf")
+    if nbf is not None and nbf - leeway > now:
+        raise InvalidToken("the access token is not valid yet", reason="not yet valid")
+    iss = body.get("iss")
+    if iss is not None and (not isinstance(iss, str) or iss.rstrip("/") != issuer.rstrip("/")):
+        raise InvalidToken(reason="issuer mismatch")
+    subject = _text(body, "sub")
+    if subject is None:
+        raise MalformedAnswer("active introspection answer without 'sub'")
+    roles = _role_keys(body.get(ROLES_CLAIM))
+    if project_id:
+        roles |= _role_keys(body.get(f"urn:zitadel:iam:org:project:{project_id}:roles"))
+    scope = body.get("scope")
+    return Principal(
+        subject=subject,
+        roles=frozenset(roles),
+        username=_text(body, "username") or _text(body, "preferred_username"),
+        client_id=_text(body, "client_id"),
+        org_id=_text(body, ORG_ID_CLAIM),
+        scope=scope if isinstance(scope, str) else "",
+        expires_at=exp,
+    )
+
+
+def basic_authorization(client_id: str, secret: str) -> str:
+    """RFC 6749 §2.3.1: form-urlencode both parts before base64 (ZITADEL client ids contain '@').
+
+    aiohttp.BasicAuth does not encode them, hence this.
+    """
+    raw = f"{quote_plus(client_id)}:{quote_plus(secret)}".encode()
+    return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+class Introspector:
+    """Calls the introspection endpoint. One instance per app, sharing the app's IdP ClientSession."""
+
+    def __init__(self, config: IdPConfig, session: aiohttp.ClientSession) -> None:
+        self._config = config
+        self._session = session
+        self._endpoint: str | None = (
+            config.connect(config.introspection_endpoint) if config.introspection_endpoint else None
+        )
+        self._authorization = basic_authorization(config.client_id, config.client_secret)
+        self._discovery_lock = asyncio.Lock()
+        self._last_discovery = -math.inf
+        self._timeout = aiohttp.ClientTimeout(total=config.timeout)
+
+    @property
+    def ready(self) -> bool:
+        return self._endpoint is not None
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if self._config.host_header:
+            headers["Host"] = self._config.host_header
+        return headers
+
+    async def discover(self, attempts: int | None = None) -> None:
+        """Fetch the introspection endpoint from the discovery document, retrying with backoff."""
+        attempts = attempts or self._config.discovery_attempts
+        url = self._config.connect(self._config.issuer + "/.well-known/openid-configuration")
+        delay = 0.5
+        for attempt in range(1, attempts + 1):
+            self._last_discovery = time.monotonic()
+            try:
+                async with self._session.get(url, headers=self._headers(), timeout=self._timeout) as resp:
+                    if resp.status != 200:
+                        raise ValueError(f"HTTP {resp.status}")
+                    document = json.loads(await resp.read())
+                endpoint = document.get("introspection_endpoint") if isinstance(document, dict) else None
+                if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
+                    raise ValueError("no introspection_endpoint in the discovery document")
+                self._endpoint = self._config.connect(endpoint)
+                log.info("introspection endpoint %s (from %s)", self._endpoint, url)
+                return
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                log.warning(
+                    "discovery at %s failed (attempt %d/%d): %s",
+                    url,
+                    attempt,
+                    attempts,
+                    exc or type(exc).__name__,
+                )
+            if attempt < attempts:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _ensure_endpoint(self) -> str:
+        if self._endpoint is None:
+            async with self._discovery_lock:
+                # A request may retry discovery, but not more than once a few seconds, however busy we are.
+                if self._endpoint is None and time.monotonic() - self._last_discovery > 2.0:
+                    await self.discover(attempts=1)
+        if self._endpoint is None:
+            raise IdPUnavailable("the identity provider's discovery document could not be fetched")
+        return self._endpoint
+
+    async def authenticate(self, token: str) -> Principal:
+        endpoint = await self._ensure_endpoint()
+        form = {"token": token, "token_type_hint": "access_token"}
+        headers = {**self._headers(), "Authorization": self._authorization}
+        try:
+            async with self._session.post(endpoint, data=form, headers=headers, timeout=self._timeout) as resp:
+                status = resp.status
+                content_type = resp.content_type
+                raw = await resp.read()
+        except TimeoutError as exc:
+            log.warning("introspection timed out after %.1fs", self._config.timeout)
+            raise IdPUnavailable() from exc
+        except aiohttp.ClientError as exc:
+            log.warning("introspection failed: %s", type(exc).__name__)
+            raise IdPUnavailable() from exc
+        if status != 200:
+            if status in (400, 401):
+                log.error(
+                    "ZITADEL refused the gateway's client credentials (HTTP %d): check ZITADEL_CLIENT_ID and "
+                    "ZITADEL_CLIENT_SECRET (an API application with authentication method Basic)",
+                    status,
+                )
+            else:
+                log.warning("introspection answered HTTP %d", status)
+            raise IdPUnavailable()
+        if content_type != "application/json":
+            log.warning("introspection answered %r instead of JSON", content_type)
+            raise MalformedAnswer()
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            log.warning("introspection answered invalid JSON")
+            raise MalformedAnswer() from exc
+        try:
+            return parse_introspection(
+                body,
+                issuer=self._config.issuer,
+                project_id=self._config.project_id,
+                now=time.time(),
+                leeway=self._config.clock_leeway,
+            )
+        except MalformedAnswer as exc:
+            log.warning("%s", exc)
+            raise

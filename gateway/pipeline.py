@@ -1,0 +1,109 @@
+"""The one place that runs the stages in order and logs one line per decision:
+
+canonical path -> match a route -> authenticate -> authorize -> mutate headers -> forward.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from .config import Config
+from .credentials import bearer_token
+from .errors import BadRequest, GatewayError, IdPUnavailable, InsufficientScope, NotFound, Unauthenticated
+from .headers import ForwardedFor, identity_headers, upstream_request_headers
+from .introspection import Authenticator, Principal
+from .proxy import forward, upstream_url
+from .rules import Access, PathError, Route, canonical_path, match_route, missing_roles
+
+access_log = logging.getLogger("gateway.access")
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """Everything one config needs to serve; a reload swaps it whole, so a request sees one consistent set."""
+
+    config: Config
+    authenticator: Authenticator | None
+    upstream_session: aiohttp.ClientSession
+
+
+def split_target(raw_target: str) -> tuple[str, str | None]:
+    path, sep, query = raw_target.partition("?")
+    return path, (query if sep else None)
+
+
+async def authenticate(runtime: Runtime, request: web.Request) -> Principal:
+    token = bearer_token(request.headers.getall("Authorization", []))
+    if token is None:
+        raise Unauthenticated()
+    if runtime.authenticator is None:  # config validation makes this unreachable; fail closed anyway
+        raise IdPUnavailable()
+    return await runtime.authenticator.authenticate(token)
+
+
+async def handle(runtime: Runtime, request: web.Request) -> web.StreamResponse:
+    route: Route | None = None
+    principal: Principal | None = None
+    path = "-"
+    try:
+        raw_path, query = split_target(request.raw_path)
+        try:
+            path = canonical_path(raw_path)
+        except PathError as exc:
+            raise BadRequest(f"the request path is not acceptable: {exc}") from exc
+        route = match_route(runtime.config.routes, request.method, path)
+        if route is None:
+            raise NotFound()
+        identity: dict[str, str] = {}
+        if route.policy.access is not Access.PUBLIC:
+            principal = await authenticate(runtime, request)
+            lacking = missing_roles(route.policy, principal.roles)
+            if lacking is not None:
+                raise InsufficientScope(f"this route requires the role {lacking}", required=lacking)
+            identity = identity_headers(
+                subject=principal.subject,
+                username=principal.username,
+                roles=principal.roles,
+                client_id=principal.client_id,
+                org_id=principal.org_id,
+            )
+        upstream = runtime.config.upstreams[route.upstream]
+        headers = upstream_request_headers(
+            request.headers,
+            identity=identity,
+            forwarded=ForwardedFor(request.remote or "", request.scheme, request.headers.get("Host")),
+            pass_authorization=route.pass_authorization,
+        )
+        response = await forward(
+            request, runtime.upstream_session, upstream, upstream_url(upstream, path, query), headers
+        )
+    except GatewayError as exc:
+        _log(request, path, route, principal, exc.status, "deny" if exc.status < 500 else "error", exc.reason)
+        raise
+    _log(request, path, route, principal, response.status, "allow", "ok")
+    return response
+
+
+def _log(
+    request: web.Request,
+    path: str,
+    route: Route | None,
+    principal: Principal | None,
+    status: int,
+    decision: str,
+    reason: str,
+) -> None:
+    access_log.info(
+        "%s %s route=%s decision=%s reason=%r status=%d subject=%s",
+        request.method,
+        path,
+        route.id if route else "-",
+        decision,
+        reason,
+        status,
+        principal.subject if principal else "-",
+    )
