@@ -13,6 +13,7 @@ from aiohttp import web
 from .config import Config
 from .errors import error_middleware
 from .introspection import Introspector
+from .metrics import Metrics
 from .pipeline import Runtime, handle
 
 log = logging.getLogger("gateway")
@@ -48,14 +49,20 @@ def _idp_session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
 
 
-def build_app(config: Config) -> web.Application:
+METRICS = web.AppKey("metrics", Metrics)
+
+
+def build_app(config: Config, metrics: Metrics | None = None) -> web.Application:
     app = web.Application(middlewares=[error_middleware], handler_args={"max_field_size": 16384})
+    app[METRICS] = metrics = metrics or Metrics()
 
     async def sessions(app: web.Application) -> AsyncIterator[None]:
         upstream = _upstream_session()
         idp = _idp_session()
-        introspector = Introspector(config.idp, idp) if config.idp is not None else None
-        app[RUNTIME] = RuntimeSlot(Runtime(config=config, authenticator=introspector, upstream_session=upstream))
+        introspector = Introspector(config.idp, idp, metrics) if config.idp is not None else None
+        app[RUNTIME] = RuntimeSlot(
+            Runtime(config=config, authenticator=introspector, upstream_session=upstream, metrics=metrics)
+        )
         discovery: asyncio.Task[None] | None = None
         if introspector is not None:
             app[INTROSPECTOR] = introspector

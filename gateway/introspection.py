@@ -21,6 +21,7 @@ import aiohttp
 
 from .config import IdPConfig
 from .errors import IdPUnavailable, InvalidToken
+from .metrics import Metrics
 
 log = logging.getLogger("gateway.introspection")
 
@@ -125,8 +126,9 @@ def basic_authorization(client_id: str, secret: str) -> str:
 class Introspector:
     """Calls the introspection endpoint. One instance per app, sharing the app's IdP ClientSession."""
 
-    def __init__(self, config: IdPConfig, session: aiohttp.ClientSession) -> None:
+    def __init__(self, config: IdPConfig, session: aiohttp.ClientSession, metrics: Metrics) -> None:
         self._config = config
+        self._metrics = metrics
         self._session = session
         self._endpoint: str | None = (
             config.connect(config.introspection_endpoint) if config.introspection_endpoint else None
@@ -188,6 +190,20 @@ class Introspector:
 
     async def authenticate(self, token: str) -> Principal:
         endpoint = await self._ensure_endpoint()
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            principal = await self._introspect(endpoint, token)
+            outcome = "active"
+            return principal
+        except InvalidToken:
+            outcome = "inactive"
+            raise
+        finally:
+            self._metrics.introspections.labels(outcome).inc()
+            self._metrics.introspection_seconds.observe(time.perf_counter() - started)
+
+    async def _introspect(self, endpoint: str, token: str) -> Principal:
         form = {"token": token, "token_type_hint": "access_token"}
         headers = {**self._headers(), "Authorization": self._authorization}
         try:

@@ -6,6 +6,7 @@ canonical path -> match a route -> authenticate -> authorize -> mutate headers -
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import aiohttp
@@ -16,6 +17,7 @@ from .credentials import bearer_token
 from .errors import BadRequest, GatewayError, IdPUnavailable, InsufficientScope, NotFound, Unauthenticated
 from .headers import ForwardedFor, identity_headers, upstream_request_headers
 from .introspection import Authenticator, Principal
+from .metrics import Metrics
 from .proxy import forward, upstream_url
 from .rules import Access, PathError, Route, canonical_path, match_route, missing_roles
 
@@ -29,6 +31,7 @@ class Runtime:
     config: Config
     authenticator: Authenticator | None
     upstream_session: aiohttp.ClientSession
+    metrics: Metrics
 
 
 def split_target(raw_target: str) -> tuple[str, str | None]:
@@ -46,6 +49,15 @@ async def authenticate(runtime: Runtime, request: web.Request) -> Principal:
 
 
 async def handle(runtime: Runtime, request: web.Request) -> web.StreamResponse:
+    started = time.perf_counter()
+    runtime.metrics.in_flight.inc()
+    try:
+        return await _handle(runtime, request, started)
+    finally:
+        runtime.metrics.in_flight.dec()
+
+
+async def _handle(runtime: Runtime, request: web.Request, started: float) -> web.StreamResponse:
     route: Route | None = None
     principal: Principal | None = None
     path = "-"
@@ -78,17 +90,18 @@ async def handle(runtime: Runtime, request: web.Request) -> web.StreamResponse:
             forwarded=ForwardedFor(request.remote or "", request.scheme, request.headers.get("Host")),
             pass_authorization=route.pass_authorization,
         )
-        response = await forward(
-            request, runtime.upstream_session, upstream, upstream_url(upstream, path, query), headers
-        )
+        url = upstream_url(upstream, path, query)
+        response = await forward(request, runtime.upstream_session, upstream, url, headers, runtime.metrics)
     except GatewayError as exc:
-        _log(request, path, route, principal, exc.status, "deny" if exc.status < 500 else "error", exc.reason)
+        decision = "deny" if exc.status < 500 else "error"
+        _record(runtime, request, path, route, principal, exc.status, decision, exc.reason, started)
         raise
-    _log(request, path, route, principal, response.status, "allow", "ok")
+    _record(runtime, request, path, route, principal, response.status, "allow", "ok", started)
     return response
 
 
-def _log(
+def _record(
+    runtime: Runtime,
     request: web.Request,
     path: str,
     route: Route | None,
@@ -96,7 +109,11 @@ def _log(
     status: int,
     decision: str,
     reason: str,
+    started: float,
 ) -> None:
+    route_label = route.id if route else "-"
+    runtime.metrics.requests.labels(route_label, decision, str(status)).inc()
+    runtime.metrics.request_seconds.labels(route_label).observe(time.perf_counter() - started)
     access_log.info(
         "%s %s route=%s decision=%s reason=%r status=%d subject=%s",
         request.method,

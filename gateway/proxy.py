@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import aiohttp
 from aiohttp import web
@@ -19,6 +20,7 @@ from yarl import URL
 from .config import Upstream
 from .errors import UpstreamTimeout, UpstreamUnavailable
 from .headers import downstream_response_headers
+from .metrics import Metrics
 
 log = logging.getLogger("gateway.proxy")
 
@@ -40,9 +42,11 @@ async def forward(
     upstream: Upstream,
     url: URL,
     headers: CIMultiDict[str],
+    metrics: Metrics,
 ) -> web.StreamResponse:
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=upstream.connect_timeout, sock_read=upstream.read_timeout)
     body = request.content if request.body_exists else None
+    started = time.perf_counter()
     try:
         async with session.request(
             request.method,
@@ -52,6 +56,7 @@ async def forward(
             allow_redirects=False,
             timeout=timeout,
         ) as upstream_response:
+            metrics.upstream_seconds.labels(upstream.name).observe(time.perf_counter() - started)
             return await _relay(request, upstream_response)
     except TimeoutError as exc:
         raise UpstreamTimeout() from exc

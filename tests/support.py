@@ -1,0 +1,195 @@
+"""Shared test servers: a counting, fault-injecting ZITADEL stand-in and a recording upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from demo_backend.app import build_app as build_demo_app
+from demo_backend.idp import DEMO_TOKENS, IdPSettings, build_idp_app
+
+CLIENT_ID = "78366401571920522@tests"
+CLIENT_SECRET = "veryweaksecret!"  # '!' and '@' make the RFC 6749 form-encoding matter
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class FakeIdP:
+    """ZITADEL's introspection as the demo stand-in answers it, plus a call counter and failure modes.
+
+    mode: "ok", "status:<code>" (answer that status), "hang" (never answer), "html" (200 text/html),
+    "garbage" (200 application/json that is not JSON), "no-active" (200 {} ).
+    """
+
+    issuer: str = ""
+    tokens: dict[str, dict[str, Any] | None] = field(default_factory=lambda: dict(DEMO_TOKENS))
+    mode: str = "ok"
+    introspections: int = 0
+    discoveries: int = 0
+    delay: float = 0.0
+    seen_forms: list[dict[str, str]] = field(default_factory=list)
+    seen_hosts: list[str] = field(default_factory=list)
+
+    def build_app(self) -> web.Application:
+        settings = IdPSettings(issuer=self.issuer, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, tokens=self.tokens)
+        app = build_idp_app(settings)
+
+        @web.middleware
+        async def faults(request: web.Request, handler: Handler) -> web.StreamResponse:
+            self.seen_hosts.append(request.headers.get("Host", ""))
+            if request.path.endswith("/openid-configuration"):
+                self.discoveries += 1
+            else:
+                self.introspections += 1
+                form = await request.post()
+                self.seen_forms.append({k: str(v) for k, v in form.items()})
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            if self.mode == "hang":
+                await asyncio.sleep(3600)
+            if self.mode.startswith("status:"):
+                return web.json_response({"error": "server_error"}, status=int(self.mode.split(":")[1]))
+            if self.mode == "html":
+                return web.Response(text="<html>oops</html>", content_type="text/html")
+            if self.mode == "garbage":
+                return web.Response(text="{not json", content_type="application/json")
+            if self.mode == "no-active":
+                return web.json_response({})
+            return await handler(request)
+
+        app.middlewares.append(faults)
+        return app
+
+
+@dataclass
+class Seen:
+    method: str
+    raw_path: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+@dataclass
+class RecordingUpstream:
+    """The demo backend's routes plus echo and edge-case endpoints; records every request it gets."""
+
+    seen: list[Seen] = field(default_factory=list)
+
+    def build_app(self) -> web.Application:
+        app = build_demo_app()
+
+        @web.middleware
+        async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
+            body = await request.read()
+            self.seen.append(Seen(request.method, request.raw_path, list(request.headers.items()), body))
+            return await handler(request)
+
+        app.middlewares.append(record)
+        app.router.add_get("/cookies", _cookies)
+        app.router.add_get("/redirect", _redirect)
+        app.router.add_get("/big", _big)
+        app.router.add_get("/slow", _slow)
+        app.router.add_get("/gzip", _gzip)
+        app.router.add_get("/broken", _broken)
+        app.router.add_route("*", "/{tail:.*}", _echo)
+        return app
+
+    @property
+    def last(self) -> Seen:
+        return self.seen[-1]
+
+
+async def _echo(request: web.Request) -> web.Response:
+    body = await request.read()
+    return web.json_response(
+        {"method": request.method, "raw_path": request.raw_path, "body_length": len(body)},
+        headers={"X-Upstream": "echo"},
+    )
+
+
+async def _cookies(_: web.Request) -> web.Response:
+    response = web.Response(text="cookies")
+    response.headers.add("Set-Cookie", "a=1; Path=/")
+    response.headers.add("Set-Cookie", "b=2; Path=/")
+    return response
+
+
+async def _redirect(_: web.Request) -> web.Response:
+    return web.Response(status=302, headers={"Location": "/api/public"})
+
+
+async def _big(request: web.Request) -> web.StreamResponse:
+    size = int(request.query.get("n", "1048576"))
+    response = web.StreamResponse()
+    response.content_type = "application/octet-stream"
+    await response.prepare(request)
+    chunk = b"x" * 65536
+    sent = 0
+    while sent < size:
+        piece = chunk[: size - sent]
+        await response.write(piece)
+        sent += len(piece)
+    await response.write_eof()
+    return response
+
+
+async def _slow(request: web.Request) -> web.Response:
+    await asyncio.sleep(float(request.query.get("s", "5")))
+    return web.Response(text="slow")
+
+
+async def _gzip(_: web.Request) -> web.Response:
+    return web.Response(body=gzip.compress(b"compressed"), headers={"Content-Encoding": "gzip"})
+
+
+async def _broken(request: web.Request) -> web.StreamResponse:
+    """Promises 1 MiB, sends 100 KiB, then drops the connection."""
+    response = web.StreamResponse(headers={"Content-Length": str(1 << 20)})
+    await response.prepare(request)
+    await response.write(b"y" * 100_000)
+    assert request.transport is not None
+    request.transport.abort()
+    return response
+
+
+def gateway_document(
+    *, issuer: str, upstream_url: str, routes: list[dict[str, Any]] | None = None, **idp: Any
+) -> dict[str, Any]:
+    """A config document like config.yaml, pointing at the test servers."""
+    return {
+        "listen": {"host": "127.0.0.1", "port": 5000},  # unused: the test server picks a free port
+        "idp": {"issuer": issuer, "clock_leeway_seconds": 5, "timeout_seconds": 2, **idp},
+        "upstreams": {"default": {"url": upstream_url, "connect_timeout_seconds": 2, "read_timeout_seconds": 2}},
+        "routes": routes
+        if routes is not None
+        else [
+            {"path": "/api/public", "policy": "public"},
+            {"path": "/api/private", "policy": "authenticated"},
+            {"path": "/api/private-scoped", "roles": {"any_of": ["read:messages"]}},
+            {"path": "/api/whoami", "policy": "authenticated"},
+            {"path": "/open/**", "policy": "public"},
+            {"path": "/echo/**", "policy": "authenticated"},
+        ],
+    }
+
+
+ENV = {"ZITADEL_CLIENT_ID": CLIENT_ID, "ZITADEL_CLIENT_SECRET": CLIENT_SECRET}
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
