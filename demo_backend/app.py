@@ -38,8 +38,8 @@ async def whoami(request: web.Request) -> web.Response:
     return _json(json.dumps(seen, separators=(",", ":"), sort_keys=True).encode())
 
 
-def build_app() -> web.Application:
-    app = web.Application()
+def build_app(client_max_size: int = 1024**2) -> web.Application:
+    app = web.Application(client_max_size=client_max_size)
     app.router.add_get("/api/public", public)
     app.router.add_get("/api/private", private)
     app.router.add_get("/api/private-scoped", private_scoped)

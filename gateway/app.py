@@ -67,7 +67,8 @@ def build_app(config: Config, metrics: Metrics | None = None) -> web.Application
         if introspector is not None:
             app[INTROSPECTOR] = introspector
             # Serve at once (public routes need no IdP); protected routes answer 503 until discovery succeeds.
-            discovery = asyncio.create_task(introspector.discover())
+            if not introspector.ready:
+                discovery = asyncio.create_task(introspector.discover())
         yield
         if discovery is not None:
             discovery.cancel()

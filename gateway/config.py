@@ -148,6 +148,9 @@ class _Checker:
         self._failed.add(path)
         self.problems.append(f"{self.file}: {path}: {message}" if path else f"{self.file}: {message}")
 
+    def failed_under(self, path: str) -> bool:
+        return any(p == path or p.startswith((path + ".", path + "[")) for p in self._failed)
+
     def expand(self, node: Any, path: str) -> Any:
         if isinstance(node, str):
             return _interpolate(node, self.env, lambda msg: self.fail(path, msg))
@@ -338,7 +341,7 @@ def _policy(c: _Checker, m: dict[str, Any], path: str) -> Policy:
         roles = c.mapping(m["roles"], _join(path, "roles"), _ROLES)
         any_of = c.string_list(roles, "any_of", _join(path, "roles")) or []
         all_of = c.string_list(roles, "all_of", _join(path, "roles")) or []
-        if not any_of and not all_of and isinstance(m["roles"], dict):
+        if not any_of and not all_of and not c.failed_under(_join(path, "roles")):
             c.fail(_join(path, "roles"), "needs a non-empty any_of or all_of")
         return Policy(Access.ROLES, frozenset(any_of), frozenset(all_of))
     if policy in ("public", "authenticated"):

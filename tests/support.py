@@ -82,6 +82,7 @@ class Seen:
     raw_path: str
     headers: list[tuple[str, str]]
     body: bytes
+    peer_port: int
 
 
 @dataclass
@@ -91,21 +92,24 @@ class RecordingUpstream:
     seen: list[Seen] = field(default_factory=list)
 
     def build_app(self) -> web.Application:
-        app = build_demo_app()
+        # It reads whole bodies to record them; the gateway itself never buffers them.
+        app = build_demo_app(client_max_size=256 * 1024 * 1024)
 
         @web.middleware
         async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
             body = await request.read()
-            self.seen.append(Seen(request.method, request.raw_path, list(request.headers.items()), body))
+            peer = request.transport.get_extra_info("peername") if request.transport else None
+            port = peer[1] if peer else 0
+            self.seen.append(Seen(request.method, request.raw_path, list(request.headers.items()), body, port))
             return await handler(request)
 
         app.middlewares.append(record)
-        app.router.add_get("/cookies", _cookies)
-        app.router.add_get("/redirect", _redirect)
-        app.router.add_get("/big", _big)
-        app.router.add_get("/slow", _slow)
-        app.router.add_get("/gzip", _gzip)
-        app.router.add_get("/broken", _broken)
+        app.router.add_get("/open/cookies", _cookies)
+        app.router.add_get("/open/redirect", _redirect)
+        app.router.add_get("/open/big", _big)
+        app.router.add_get("/open/slow", _slow)
+        app.router.add_get("/open/gzip", _gzip)
+        app.router.add_get("/open/broken", _broken)
         app.router.add_route("*", "/{tail:.*}", _echo)
         return app
 
