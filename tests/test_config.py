@@ -67,7 +67,10 @@ def test_secret_is_not_in_repr() -> None:
         ({"routes": [{"path": "a", "policy": "public"}]}, "c.yaml: routes[0].path: 'a': must start with '/'"),
         ({"routes": [{"path": "/a/**/b", "policy": "public"}]}, "c.yaml: routes[0].path:"),
         ({"routes": [{"path": "/a", "policy": "public", "methods": ["G ET"]}]}, "c.yaml: routes[0].methods[0]:"),
-        ({"routes": [{"path": "/a", "policy": "public", "upstream": "nope"}]}, "c.yaml: routes[0].upstream: no upstream"),
+        (
+            {"routes": [{"path": "/a", "policy": "public", "upstream": "nope"}]},
+            "c.yaml: routes[0].upstream: no upstream",
+        ),
         ({"routes": [{"path": "/a", "policy": "public", "color": "red"}]}, "c.yaml: routes[0].color: unknown key"),
         ({"routes": [{"path": "/a", "roles": {}}]}, "c.yaml: routes[0].roles: needs a non-empty any_of or all_of"),
         ({"routes": [{"path": "/a", "policy": "public", "roles": {"any_of": ["x"]}}]}, "routes[0].policy: 'public'"),

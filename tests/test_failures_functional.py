@@ -89,7 +89,10 @@ async def test_upstream_unreachable_is_502_json(make_gateway: GatewayFactory) ->
     client = await make_gateway(upstreams={"default": {"url": f"http://127.0.0.1:{free_port()}"}})
     resp = await client.get("/api/public")
     assert resp.status == 502
-    assert await resp.json() == {"error": "bad_gateway", "error_description": "the upstream service could not be reached"}
+    assert await resp.json() == {
+        "error": "bad_gateway",
+        "error_description": "the upstream service could not be reached",
+    }
 
 
 async def test_upstream_timeout_is_504_json(make_gateway: GatewayFactory, upstream_url: str) -> None:
