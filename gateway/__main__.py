@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from aiohttp import web
 from .app import build_app
 from .config import Config, ConfigError, load_config, read_environment
 from .rules import route_table
+from .server import serve
 
 COMMANDS = ("run", "check")
 
@@ -71,14 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     _install_uvloop()
-    host, port = config.listen.host, config.listen.port
-    web.run_app(
-        build_app(config),
-        host=host,
-        port=port,
-        access_log=None,
-        print=lambda _: logging.getLogger("gateway").info("listening on http://%s:%d", host, port),
-    )
+    try:
+        asyncio.run(serve(build_app(config), config.listen.host, config.listen.port, config.limits))
+    except (KeyboardInterrupt, web.GracefulExit):
+        pass
     return 0
 
 

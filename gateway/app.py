@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from .config import Config
+from .config import Config, Limits
 from .errors import error_middleware
 from .introspection import Introspector
 from .metrics import Metrics
@@ -52,8 +53,31 @@ def _idp_session() -> aiohttp.ClientSession:
 METRICS = web.AppKey("metrics", Metrics)
 
 
+def native_parser() -> bool:
+    """Whether aiohttp parses HTTP with its C (llhttp) parser, which carries the request-smuggling fixes."""
+    from aiohttp import http_parser
+
+    return http_parser.HttpRequestParser is not http_parser.HttpRequestParserPy
+
+
+def handler_args(limits: Limits) -> dict[str, Any]:
+    """Per-connection limits of aiohttp's server (they take precedence over the runner's own arguments)."""
+    return {
+        "max_line_size": limits.max_request_line_bytes,
+        "max_field_size": limits.max_header_bytes,
+        "max_headers": limits.max_headers,
+        # Also bounds a slow request head: the timer runs until a whole request has arrived.
+        "keepalive_timeout": limits.keepalive_timeout,
+        # aiohttp's access log prints the request line, query string included (tokens, on query-token routes);
+        # gateway.access logs one line per decision instead.
+        "access_log": None,
+    }
+
+
 def build_app(config: Config, metrics: Metrics | None = None) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], handler_args={"max_field_size": 16384})
+    if not native_parser():
+        log.warning("aiohttp runs its pure-Python HTTP parser: install a wheel with the C extension")
+    app = web.Application(middlewares=[error_middleware], handler_args=handler_args(config.limits))
     app[METRICS] = metrics = metrics or Metrics()
 
     async def sessions(app: web.Application) -> AsyncIterator[None]:

@@ -7,6 +7,7 @@ Secrets (the client secret) are read from the environment only, never from the Y
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -18,7 +19,7 @@ from urllib.parse import urlsplit
 import yaml
 from dotenv import dotenv_values
 
-from .rules import Access, PathPattern, Policy, Route, valid_method
+from .rules import Access, Cors, PathPattern, Policy, Route, valid_method
 
 T = TypeVar("T")
 
@@ -70,12 +71,33 @@ class Upstream:
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """What one client may cost. Defaults suit an API gateway; each is a `limits:` key (docs/security.md)."""
+
+    max_request_line_bytes: int = 8190  # aiohttp max_line_size
+    max_header_bytes: int = 16384  # aiohttp max_field_size: one header line
+    max_headers: int = 100
+    max_token_bytes: int = 4096
+    max_body_bytes: int = 10 * 1024 * 1024  # a route's max_body_bytes overrides it
+    keepalive_timeout: float = 75.0  # idle connections, and a request head that takes longer to arrive
+    body_timeout: float = 30.0  # the longest wait for the next piece of a request body
+    max_connections: int = 1024
+    backlog: int = 128
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: str
     listen: Listen
     idp: IdPConfig | None
     upstreams: Mapping[str, Upstream]
     routes: tuple[Route, ...]
+    limits: Limits = field(default_factory=Limits)
+    # Peers whose X-Forwarded-* headers are believed; everyone else's are replaced.
+    trusted_proxies: tuple[IPNetwork, ...] = ()
 
     def __post_init__(self) -> None:
         # Frozen all the way down: a plain dict here could be changed by anyone holding the config.
@@ -254,7 +276,7 @@ def _join(path: str, key: str) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # Sections
 
-_TOP = frozenset({"listen", "idp", "upstreams", "routes"})
+_TOP = frozenset({"listen", "idp", "upstreams", "routes", "limits", "trusted_proxies"})
 _LISTEN = frozenset({"host", "port"})
 _IDP = frozenset(
     {
@@ -268,7 +290,35 @@ _IDP = frozenset(
     }
 )
 _UPSTREAM = frozenset({"url", "connect_timeout_seconds", "read_timeout_seconds"})
-_ROUTE = frozenset({"id", "path", "methods", "policy", "roles", "upstream", "pass_authorization"})
+_ROUTE = frozenset(
+    {
+        "id",
+        "path",
+        "methods",
+        "policy",
+        "roles",
+        "upstream",
+        "pass_authorization",
+        "max_body_bytes",
+        "allow_query_token",
+        "cors",
+    }
+)
+_CORS = frozenset({"allowed_origins", "allowed_methods", "allowed_headers", "max_age_seconds"})
+_LIMITS = frozenset(
+    {
+        "max_request_line_bytes",
+        "max_header_bytes",
+        "max_headers",
+        "max_token_bytes",
+        "max_body_bytes",
+        "keepalive_timeout_seconds",
+        "body_timeout_seconds",
+        "max_connections",
+        "backlog",
+    }
+)
+_MAX_BYTES = 1 << 40
 _ROLES = frozenset({"any_of", "all_of"})
 _SECRET_KEYS = frozenset({"client_secret", "secret", "client_id"})
 
@@ -330,6 +380,59 @@ def _upstreams(c: _Checker, node: Any) -> dict[str, Upstream]:
             read_timeout=c.number(m, "read_timeout_seconds", path, 60.0, minimum=0.1),
         )
     return out
+
+
+def _limits(c: _Checker, node: Any) -> Limits:
+    m = c.mapping(node, "limits", _LIMITS)
+    d = Limits()
+    return Limits(
+        max_request_line_bytes=c.integer(m, "max_request_line_bytes", "limits", d.max_request_line_bytes, 256, 1 << 20),
+        max_header_bytes=c.integer(m, "max_header_bytes", "limits", d.max_header_bytes, 256, 1 << 20),
+        max_headers=c.integer(m, "max_headers", "limits", d.max_headers, 8, 10_000),
+        max_token_bytes=c.integer(m, "max_token_bytes", "limits", d.max_token_bytes, 16, 1 << 20),
+        max_body_bytes=c.integer(m, "max_body_bytes", "limits", d.max_body_bytes, 0, _MAX_BYTES),
+        keepalive_timeout=c.number(m, "keepalive_timeout_seconds", "limits", d.keepalive_timeout, minimum=0.1),
+        body_timeout=c.number(m, "body_timeout_seconds", "limits", d.body_timeout, minimum=0.1),
+        max_connections=c.integer(m, "max_connections", "limits", d.max_connections, 1, 1_000_000),
+        backlog=c.integer(m, "backlog", "limits", d.backlog, 1, 65535),
+    )
+
+
+def _trusted_proxies(c: _Checker, node: Any) -> tuple[IPNetwork, ...]:
+    if node is None:
+        return ()
+    if not isinstance(node, list):
+        c.fail("trusted_proxies", "expected a list of addresses or CIDR networks")
+        return ()
+    out: list[IPNetwork] = []
+    for i, item in enumerate(node):
+        try:
+            out.append(ipaddress.ip_network(str(item).strip(), strict=False))
+        except ValueError:
+            c.fail(f"trusted_proxies[{i}]", f"{item!r} is not an IP address or CIDR network")
+    return tuple(out)
+
+
+def _cors(c: _Checker, node: Any, path: str, route_methods: frozenset[str] | None) -> Cors | None:
+    if node is None:
+        return None
+    m = c.mapping(node, path, _CORS)
+    origins = c.string_list(m, "allowed_origins", path) or []
+    if not origins:
+        c.fail(_join(path, "allowed_origins"), "needs at least one origin (or '*')")
+    for j, origin in enumerate(origins):
+        parts = urlsplit(origin)
+        if origin != "*" and (parts.scheme not in ("http", "https") or not parts.netloc or parts.path):
+            c.fail(f"{path}.allowed_origins[{j}]", f"expected '*' or an origin like https://app.example: {origin!r}")
+    methods = c.string_list(m, "allowed_methods", path)
+    if methods is None:
+        methods = sorted(route_methods) if route_methods is not None else ["GET", "POST"]
+    return Cors(
+        origins=frozenset(origins),
+        methods=frozenset(x.upper() for x in methods),
+        headers=frozenset(h.lower() for h in (c.string_list(m, "allowed_headers", path) or ["authorization"])),
+        max_age=c.integer(m, "max_age_seconds", path, 600, 0, 86400),
+    )
 
 
 def _policy(c: _Checker, m: dict[str, Any], path: str) -> Policy:
@@ -397,6 +500,11 @@ def _routes(c: _Checker, node: Any, upstreams: Mapping[str, Upstream]) -> list[R
                 upstream=upstream or "",
                 methods=methods,
                 pass_authorization=c.boolean(m, "pass_authorization", path, True),
+                max_body_bytes=(
+                    c.integer(m, "max_body_bytes", path, 0, 0, _MAX_BYTES) if "max_body_bytes" in m else None
+                ),
+                allow_query_token=c.boolean(m, "allow_query_token", path, False),
+                cors=_cors(c, m.get("cors"), _join(path, "cors"), methods),
             )
         )
     return routes
@@ -414,9 +522,19 @@ def parse_config(document: Any, *, source: str, env: Mapping[str, str]) -> Confi
     routes = _routes(c, doc.get("routes"), upstreams)
     needs_idp = any(r.policy.access is not Access.PUBLIC for r in routes)
     idp = _idp(c, doc.get("idp"), needs_idp)
+    limits = _limits(c, doc.get("limits"))
+    trusted = _trusted_proxies(c, doc.get("trusted_proxies"))
     if c.problems:
         raise ConfigError(c.problems)
-    return Config(source=source, listen=listen, idp=idp, upstreams=upstreams, routes=tuple(routes))
+    return Config(
+        source=source,
+        listen=listen,
+        idp=idp,
+        upstreams=upstreams,
+        routes=tuple(routes),
+        limits=limits,
+        trusted_proxies=trusted,
+    )
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:

@@ -56,6 +56,18 @@ class PayloadTooLarge(GatewayError):
     description = "the request body is larger than this route allows"
 
 
+class RequestTimeout(GatewayError):
+    status = 408
+    error = "request_timeout"
+    description = "the request body did not arrive in time"
+
+
+class PreflightRejected(GatewayError):
+    status = 403
+    error = "cors_rejected"
+    description = "this origin, method or header set is not allowed for cross-origin requests"
+
+
 class Unauthenticated(GatewayError):
     """No credentials at all: RFC 6750 §3.1 says send no error code, only the challenge."""
 

@@ -7,7 +7,8 @@ sends can remove or forge what the gateway injects.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -63,6 +64,61 @@ class ForwardedFor:
     client_ip: str
     proto: str
     host: str | None
+    via: tuple[str, ...] = ()  # trusted proxies between the client and us, nearest last
+
+    def x_forwarded_for(self) -> str:
+        return ", ".join((self.client_ip, *self.via))
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip().strip("[]"))
+    except ValueError:
+        return None
+
+
+def _trusted(address: str, trusted: Sequence[Network]) -> bool:
+    ip = _address(address)
+    return ip is not None and any(ip in net for net in trusted)
+
+
+def _last(client: AnyHeaders, name: str) -> str | None:
+    values = [v.strip() for value in client.getall(name, []) for v in value.split(",") if v.strip()]
+    return values[-1] if values else None
+
+
+def forwarded_for(
+    peer: str, scheme: str, host: str | None, client: AnyHeaders, trusted: Sequence[Network]
+) -> ForwardedFor:
+    """Who the client is. Only a peer in `trusted` may tell us, through X-Forwarded-*; anyone else is the client.
+
+    X-Forwarded-For is read right to left, skipping trusted proxies: the first address not trusted is the client
+    (the left part of the list is whatever that client claimed, and is dropped). Proto and host come from the
+    nearest proxy's value. `Forwarded` (RFC 7239) from anyone is dropped, never read: one syntax to trust is
+    enough, and upstreams get the X-Forwarded-* set that we write.
+    """
+    if not _trusted(peer, trusted):
+        return ForwardedFor(peer, scheme, host)
+    hops = [h.strip() for value in client.getall("X-Forwarded-For", []) for h in value.split(",") if h.strip()]
+    chain = [*hops, peer]
+    idx = len(chain) - 1
+    while idx > 0:
+        if _address(chain[idx - 1]) is None:
+            break  # garbage: the client is the last address a trusted proxy vouched for
+        idx -= 1
+        if not _trusted(chain[idx], trusted):
+            break
+    client_ip, via = chain[idx], chain[idx + 1 :]
+    proto = _last(client, "X-Forwarded-Proto")
+    return ForwardedFor(
+        client_ip,
+        proto if proto in ("http", "https") else scheme,
+        _last(client, "X-Forwarded-Host") or host,
+        tuple(via),
+    )
 
 
 def upstream_request_headers(
@@ -81,7 +137,7 @@ def upstream_request_headers(
         if norm == "authorization" and not pass_authorization:
             continue
         out.add(name, value)
-    out["X-Forwarded-For"] = forwarded.client_ip
+    out["X-Forwarded-For"] = forwarded.x_forwarded_for()
     out["X-Forwarded-Proto"] = forwarded.proto
     if forwarded.host:
         out["X-Forwarded-Host"] = forwarded.host

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
@@ -43,9 +44,10 @@ async def forward(
     url: URL,
     headers: CIMultiDict[str],
     metrics: Metrics,
+    body: AsyncIterator[bytes] | None = None,
 ) -> web.StreamResponse:
+    """`body`: what to send as the request body (the pipeline's size- and time-bounded view of the client's)."""
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=upstream.connect_timeout, sock_read=upstream.read_timeout)
-    body = request.content if request.body_exists else None
     started = time.perf_counter()
     try:
         async with session.request(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import re
 import string
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -19,7 +20,18 @@ _ALLOWED_RAW = _UNRESERVED | frozenset("!$&'()*+,=:@/%")
 _HEX = frozenset(string.hexdigits)
 # Decoding these would change how the path splits or is read by the upstream; keeping them encoded would make
 # the path mean different things to different servers. Either way it is ambiguous: reject.
-_FORBIDDEN_ENCODED = {0x2F: "an encoded '/'", 0x5C: "an encoded '\\'", 0x3B: "an encoded ';'"}
+# '#' and '?' join them: an upstream that decodes twice would read them as a fragment or a query.
+_FORBIDDEN_ENCODED = {
+    0x2F: "an encoded '/'",
+    0x5C: "an encoded '\\'",
+    0x3B: "an encoded ';'",
+    0x23: "an encoded '#'",
+    0x3F: "an encoded '?'",
+}
+_DOUBLE_ENCODED = re.compile(r"%25[0-9A-Fa-f]{2}")
+# Characters that change a path's structure if a server behind us applies Unicode compatibility normalisation
+# (NFKC turns U+FF0E into '.', U+FF0F into '/').
+_STRUCTURAL = frozenset("./\\;?#%:")
 
 
 class PathError(ValueError):
@@ -30,7 +42,8 @@ def canonical_path(raw: str) -> str:
     """Return the one canonical form of a request path (no query string), or raise PathError.
 
     Percent-encoded unreserved characters are decoded, other escapes are upper-cased, `.` and `..` segments are
-    resolved, empty segments merged. A trailing slash is kept: `/a` and `/a/` are different paths.
+    resolved, empty segments merged. A trailing slash is kept (it is forwarded as sent), but patterns match `/a/`
+    as they match `/a`. docs/security.md lists every rule.
     """
     if not raw.startswith("/"):
         raise PathError("the request target must be an absolute path")
@@ -48,8 +61,6 @@ def canonical_path(raw: str) -> str:
                 raise PathError(f"{_FORBIDDEN_ENCODED[byte]} in the path")
             if byte < 0x20 or byte == 0x7F:
                 raise PathError("an encoded control character in the path")
-            if byte == 0x25 and set(raw[i + 3 : i + 5]) <= _HEX and len(raw[i + 3 : i + 5]) == 2:
-                raise PathError("a double-encoded escape in the path")
             raw_bytes.append(byte)
             decoded = chr(byte)
             chars.append(decoded if decoded in _UNRESERVED else "%" + hex_pair.upper())
@@ -61,10 +72,26 @@ def canonical_path(raw: str) -> str:
         chars.append(c)
         i += 1
     try:
-        raw_bytes.decode("utf-8")  # rejects overlong forms such as %C0%AE
+        text = raw_bytes.decode("utf-8")  # rejects overlong forms such as %C0%AE
     except UnicodeDecodeError as exc:
         raise PathError("the path does not decode to valid UTF-8") from exc
-    return _resolve_segments("".join(chars))
+    if not text.isascii():
+        _check_unicode(text)
+    joined = "".join(chars)
+    # Checked on the output, so that `%25%34%31` cannot assemble the `%2541` a second decoder would reopen.
+    if _DOUBLE_ENCODED.search(joined):
+        raise PathError("a double-encoded escape in the path")
+    return _resolve_segments(joined)
+
+
+def _check_unicode(text: str) -> None:
+    for ch in text:
+        if ch.isascii():
+            continue
+        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
+            raise PathError("an invisible or control character in the path")
+        if _STRUCTURAL & set(unicodedata.normalize("NFKC", ch)):
+            raise PathError("a character that normalises to path punctuation")
 
 
 def _resolve_segments(path: str) -> str:
@@ -78,6 +105,9 @@ def _resolve_segments(path: str) -> str:
                 raise PathError("'..' climbs above the root")
             out.pop()
             continue
+        # Windows servers drop trailing dots and spaces ('admin.' is 'admin' there): ambiguous, so refused.
+        if seg.endswith((".", "%20")):
+            raise PathError("a segment that ends in '.' or a space")
         out.append(seg)
     trailing = segments[-1] in ("", ".", "..") and bool(out)
     return "/" + "/".join(out) + ("/" if trailing else "")
@@ -94,12 +124,15 @@ class PathPattern:
     source: str
     segments: tuple[str, ...]
     tail: bool
+    folded: tuple[str, ...] = ()  # the segments in lower case, to detect case-variant requests
 
     @classmethod
     def compile(cls, source: str) -> PathPattern:
         if not source.startswith("/"):
             raise ValueError("must start with '/'")
         parts = source.split("/")[1:]
+        if len(parts) > 1 and parts[-1] == "":  # `/a/` is written `/a`: a trailing slash never matters here
+            parts = parts[:-1]
         tail = parts[-1] == "**"
         if tail:
             parts = parts[:-1]
@@ -117,11 +150,17 @@ class PathPattern:
                     raise ValueError(f"not in canonical form (write it as {canonical_path(literal)!r})")
             except PathError as exc:
                 raise ValueError(str(exc)) from exc
-        return cls(source, tuple(parts), tail)
+        return cls(source, tuple(parts), tail, tuple(p.lower() for p in parts))
 
-    def matches(self, path: str) -> bool:
+    def matches(self, path: str, *, fold: bool = False) -> bool:
+        """`path` is canonical. `/a/` matches as `/a` does, so a trailing slash cannot step around a rule.
+
+        fold: compare in lower case (`path` must be lower-cased by the caller).
+        """
         segs = path.split("/")[1:]
-        pat = self.segments
+        if len(segs) > 1 and segs[-1] == "":
+            segs.pop()
+        pat = self.folded if fold else self.segments
         if self.tail:
             if len(segs) < len(pat):
                 return False
@@ -160,6 +199,33 @@ class Policy:
 
 
 @dataclass(frozen=True, slots=True)
+class Cors:
+    """A route's answer to genuine CORS preflights (OPTIONS + Origin + Access-Control-Request-Method)."""
+
+    origins: frozenset[str]  # exact origins; "*" allows any
+    methods: frozenset[str]
+    headers: frozenset[str]  # lower case
+    max_age: int = 600
+
+    def preflight(self, origin: str, method: str, request_headers: str) -> dict[str, str] | None:
+        """The headers of an allowed preflight's answer, or None when this origin/method/header set is refused."""
+        if origin not in self.origins and "*" not in self.origins:
+            return None
+        if method not in self.methods:
+            return None
+        asked = {h.strip().lower() for h in request_headers.split(",") if h.strip()}
+        if not asked <= self.headers:
+            return None
+        return {
+            "Access-Control-Allow-Origin": origin,
+            "Access-Control-Allow-Methods": ", ".join(sorted(self.methods)),
+            "Access-Control-Allow-Headers": ", ".join(sorted(self.headers)),
+            "Access-Control-Max-Age": str(self.max_age),
+            "Vary": "Origin",
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     id: str
     pattern: PathPattern
@@ -168,19 +234,34 @@ class Route:
     methods: frozenset[str] | None = None  # None: every method
     pass_authorization: bool = True
     tags: tuple[str, ...] = field(default=())
+    max_body_bytes: int | None = None  # None: the global limit
+    allow_query_token: bool = False  # RFC 6750 §2.3 `access_token` in the query, for clients that cannot set headers
+    cors: Cors | None = None
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, *, fold: bool = False) -> bool:
         if self.methods is not None and method not in self.methods:
             return False
-        return self.pattern.matches(path)
+        return self.pattern.matches(path, fold=fold)
 
 
-def match_route(routes: Iterable[Route], method: str, path: str) -> Route | None:
+def match_route(routes: Iterable[Route], method: str, path: str, *, fold: bool = False) -> Route | None:
     """The first route that matches wins; None means deny (404)."""
     for route in routes:
-        if route.matches(method, path):
+        if route.matches(method, path, fold=fold):
             return route
     return None
+
+
+def resolve_route(routes: Sequence[Route], method: str, path: str) -> Route | None:
+    """match_route, refusing a path whose letter case decides the route.
+
+    Some upstreams route case-insensitively (Windows, many frameworks), others do not. When `/ADMIN` would match a
+    different rule than `/admin` does, one of the two kinds of upstream would be reached around its rule: reject.
+    """
+    route = match_route(routes, method, path)
+    if match_route(routes, method, path.lower(), fold=True) is not route:
+        raise PathError("the letter case of the path makes the route ambiguous")
+    return route
 
 
 def missing_roles(policy: Policy, roles: frozenset[str]) -> str | None:

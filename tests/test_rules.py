@@ -36,7 +36,6 @@ from gateway.rules import (
         ("/api/public/.", "/api/public/"),
         ("/api/public/..", "/api/"),
         ("/api/..", "/"),
-        ("/api/public.", "/api/public."),
         ("/a:b@c!$&'()*+,=", "/a:b@c!$&'()*+,="),
     ],
 )
@@ -58,6 +57,7 @@ def test_canonical_path(raw: str, canonical: str) -> None:
         "/api/private%00",
         "/api/%0a",
         "/api;x=1",
+        "/api/public.",  # Windows servers read it as /api/public
         "/api/public/..;/private-scoped",
         "/api%3bx",
         "/api/%252e%252e/admin",  # double encoding
@@ -82,7 +82,7 @@ def test_canonical_path_rejects(raw: str) -> None:
     ("pattern", "path", "matches"),
     [
         ("/api/public", "/api/public", True),
-        ("/api/public", "/api/public/", False),
+        ("/api/public", "/api/public/", True),  # a trailing slash cannot step around a rule
         ("/api/public", "/api/publicx", False),
         ("/api/public", "/api", False),
         ("/api/*", "/api/x", True),

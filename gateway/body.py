@@ -1,0 +1,60 @@
+"""The request body on its way to the upstream, bounded in size and in how long the client may stall.
+
+aiohttp's `client_max_size` only guards `request.read()`; a streamed body has no limit unless we count it here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from aiohttp import StreamReader
+
+from .errors import GatewayError, PayloadTooLarge, RequestTimeout
+
+
+class BodyGuard:
+    """Yields the client's body in pieces; stops with 413 past `limit` bytes, 408 after `timeout` of silence.
+
+    The error is also kept in `.error`: when it is raised inside the upstream client's body writer, the client
+    library reports a connection failure, and the pipeline answers with this instead.
+    """
+
+    __slots__ = ("_limit", "_stream", "_timeout", "buffered", "error")
+
+    def __init__(self, stream: StreamReader, *, limit: int, timeout: float) -> None:
+        self._stream = stream
+        self._limit = limit
+        self._timeout = timeout
+        self.error: GatewayError | None = None
+        self.buffered: bytes | None = None
+
+    async def read_all(self) -> bytes:
+        """The whole body (at most `limit` bytes), kept so that it can still be forwarded."""
+        if self.buffered is None:
+            self.buffered = b"".join([chunk async for chunk in self._pieces()])
+        return self.buffered
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        if self.buffered is not None:
+            yield self.buffered
+            return
+        async for chunk in self._pieces():
+            yield chunk
+
+    async def _pieces(self) -> AsyncIterator[bytes]:
+        total = 0
+        while True:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    chunk = await self._stream.readany()
+            except TimeoutError:
+                self.error = RequestTimeout()
+                raise self.error from None
+            if not chunk:
+                return
+            total += len(chunk)
+            if total > self._limit:
+                self.error = PayloadTooLarge()
+                raise self.error
+            yield chunk
