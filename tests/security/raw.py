@@ -1,0 +1,47 @@
+"""Raw HTTP/1.1 over asyncio streams: aiohttp's client normalises URLs and headers, attackers do not."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+_STATUS = re.compile(rb"^HTTP/1\.[01] (\d{3}) ", re.MULTILINE)
+WAIT = 30.0  # a bound against hanging, never a timing assertion
+
+
+@dataclass
+class Answer:
+    raw: bytes
+
+    @property
+    def statuses(self) -> list[int]:
+        return [int(s) for s in _STATUS.findall(self.raw)]
+
+    @property
+    def status(self) -> int:
+        assert self.statuses, f"no HTTP response in {self.raw[:200]!r}"
+        return self.statuses[0]
+
+    def json(self) -> Any:
+        return json.loads(self.raw.partition(b"\r\n\r\n")[2])
+
+
+def request(target: str, *headers: str, method: str = "GET", body: bytes = b"") -> bytes:
+    """One request with Host and `Connection: close`, exactly as written."""
+    lines = [f"{method} {target} HTTP/1.1", "Host: gateway.test", *headers, "Connection: close"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+async def send(port: int, data: bytes) -> Answer:
+    """Send bytes, read until the server closes the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return Answer(await asyncio.wait_for(reader.read(), WAIT))
+    finally:
+        writer.close()
+        await writer.wait_closed()
