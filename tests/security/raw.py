@@ -35,8 +35,9 @@ def request(target: str, *headers: str, method: str = "GET", body: bytes = b"") 
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-async def send(port: int, data: bytes) -> Answer:
-    """Send bytes, read until the server closes the connection."""
+async def send(port: int | None, data: bytes) -> Answer:
+    """Send bytes, read until the server closes the connection. `port`: a TestClient's (None only if unstarted)."""
+    assert port is not None
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(data)
