@@ -68,6 +68,8 @@ def handler_args(limits: Limits) -> dict[str, Any]:
         "max_headers": limits.max_headers,
         # Also bounds a slow request head: the timer runs until a whole request has arrived.
         "keepalive_timeout": limits.keepalive_timeout,
+        # After an early answer (413, 408, 401 on a POST) aiohttp drains the unread body this long, no longer.
+        "lingering_time": min(limits.body_timeout, 10.0),
         # aiohttp's access log prints the request line, query string included (tokens, on query-token routes);
         # gateway.access logs one line per decision instead.
         "access_log": None,
