@@ -13,7 +13,10 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 from gateway.app import INTROSPECTOR, build_app
 from gateway.config import parse_config
 
+from .secret_witness import secret_witness
 from .support import ENV, FakeIdP, RecordingUpstream, free_port, gateway_document
+
+__all__ = ["secret_witness"]  # an autouse session fixture: it watches the whole run for leaked secrets
 
 GatewayFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
