@@ -75,9 +75,13 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        return ipaddress.ip_address(text.strip().strip("[]"))
+        ip = ipaddress.ip_address(text.strip().strip("[]"))
     except ValueError:
         return None
+    # A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d; match them against IPv4 networks.
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 def _trusted(address: str, trusted: Sequence[Network]) -> bool:

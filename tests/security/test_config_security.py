@@ -72,3 +72,14 @@ def test_bad_security_settings(top: dict[str, Any], problem: str) -> None:
     with pytest.raises(ConfigError) as err:
         _parse(**top)
     assert any(problem in p for p in err.value.problems), err.value.problems
+
+
+def test_repository_config_states_the_defaults() -> None:
+    from pathlib import Path
+
+    from gateway.config import load_config
+
+    env = {**ENV, "ZITADEL_DOMAIN": "https://z.example"}
+    config = load_config(Path(__file__).resolve().parents[2] / "config.yaml", env=env)
+    assert config.limits == Limits()
+    assert config.trusted_proxies == ()
