@@ -137,6 +137,11 @@ async def _handle(runtime: Runtime, request: web.Request, started: float) -> web
     principal: Principal | None = None
     path = "-"
     config = runtime.config
+    if "Upgrade" in request.headers and request.protocol is not None:
+        # Upgrades (WebSocket, h2c) are not proxied: `Upgrade` is dropped as hop-by-hop and the request is served
+        # as plain HTTP. aiohttp's parser reads nothing more on such a connection, so close it after this answer
+        # rather than leave it idle (whatever the client sent after the head is never read as a request).
+        request.protocol.close()
     try:
         if is_preflight(request):
             # Matched as the method it asks about: a preflight is a question about that request.

@@ -108,3 +108,27 @@ async def test_content_length_body_is_forwarded_exactly(
     answer = await send(gateway.port, request("/open/x", "Content-Length: 5", method="POST", body=b"hello"))
     assert answer.statuses == [200]
     assert [(s.raw_path, s.body) for s in upstream.seen] == [("/open/x", b"hello")]
+
+
+@pytest.mark.parametrize(
+    "upgrade",
+    [
+        ("Upgrade: h2c", "Connection: Upgrade, HTTP2-Settings", "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA"),
+        (
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Version: 13",
+        ),
+    ],
+)
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_upgrade_is_not_a_tunnel_for_a_second_request(
+    make_gateway: GatewayFactory, upstream: RecordingUpstream, upgrade: tuple[str, ...], method: str
+) -> None:
+    gateway = await make_gateway()
+    head = "\r\n".join([f"{method} /open/x HTTP/1.1", "Host: g", *upgrade]) + "\r\n\r\n"
+    answer = await send(gateway.port, head.encode() + SMUGGLED)  # returns once the gateway closes the connection
+    assert answer.statuses == [200]
+    assert [(s.method, s.raw_path) for s in upstream.seen] == [(method, "/open/x")]
+    assert all(k.lower() not in ("upgrade", "http2-settings") for k, _ in upstream.last.headers)
