@@ -132,3 +132,23 @@ async def test_upgrade_is_not_a_tunnel_for_a_second_request(
     assert answer.statuses == [200]
     assert [(s.method, s.raw_path) for s in upstream.seen] == [(method, "/open/x")]
     assert all(k.lower() not in ("upgrade", "http2-settings") for k, _ in upstream.last.headers)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"X-Abc: \rxTransfer-Encoding: chunked",  # bare CR (aiohttp/llhttp CVE-2023-30589)
+        b"X-Auth-Subject: a\x00dmin",  # NUL in a value (Envoy CVE-2019-9900)
+        b"X-Abc\x00: 1",
+        b" Transfer-Encoding: chunked",  # leading whitespace: a continuation line
+        b"X-Abc: 1\nTransfer-Encoding: chunked",  # bare LF
+    ],
+)
+async def test_malformed_header_lines_never_reach_the_upstream(
+    make_gateway: GatewayFactory, upstream: RecordingUpstream, header: bytes
+) -> None:
+    gateway = await make_gateway()
+    raw = b"POST /open/x HTTP/1.1\r\nHost: g\r\n" + header + b"\r\nContent-Length: 5\r\n\r\n1\r\nA\r\n" + SMUGGLED
+    answer = await send(gateway.port, raw)
+    assert answer.statuses[:1] == [400]
+    assert upstream.seen == []
