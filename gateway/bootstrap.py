@@ -69,14 +69,14 @@ SERVICE_USERS: Final = (
 )
 
 ENVIRONMENT_HELP: Final = """\
-environment (defaults fit docker-compose.yml):
-  ZITADEL_CONNECT_URL     where to connect                          http://zitadel:8080
-  ZITADEL_DOMAIN          the issuer; its host is sent as Host      http://localhost:8080
-  ZITADEL_ADMIN_PAT_FILE  the PAT file ZITADEL writes at first start /zitadel-data/admin.pat
-  BOOTSTRAP_DIR           where gateway.env and the PATs go         /bootstrap
-  BOOTSTRAP_TIMEOUT       seconds to wait for ZITADEL in all        300
-  GATEWAY_PUBLIC_URL      the gateway in the printed curl commands  http://localhost:5000
-  BOOTSTRAP_PAT_EXPIRATION  expiry of the service users' PATs       one year from now
+environment (the defaults fit docker-compose.yml):
+  ZITADEL_CONNECT_URL       where to connect                    http://zitadel:8080
+  ZITADEL_DOMAIN            the issuer; its host is the Host    http://localhost:8080
+  ZITADEL_ADMIN_PAT_FILE    written by ZITADEL at first start   /zitadel-data/admin.pat
+  BOOTSTRAP_DIR             gets gateway.env and the PATs       /bootstrap
+  BOOTSTRAP_TIMEOUT         seconds to wait for ZITADEL, total  300
+  GATEWAY_PUBLIC_URL        for the printed curl commands       http://localhost:5000
+  BOOTSTRAP_PAT_EXPIRATION  expiry of the service users' PATs   one year from now
 """
 
 
@@ -184,6 +184,7 @@ class ManagementApi:
         self._session = session
         self._settings = settings
         self._deadline = asyncio.get_running_loop().time() + settings.timeout
+        self._last_logged = ""
 
     async def post(self, path: str, body: Json) -> Json:
         while True:
@@ -198,7 +199,9 @@ class ManagementApi:
         if remaining <= 0:
             message = f"gave up after {self._settings.timeout:g}s waiting for ZITADEL: {problem}"
             raise BootstrapError(f"{message}\n{problem.hint}" if problem.hint else message)
-        log.info("waiting for ZITADEL: %s", problem)
+        if str(problem) != self._last_logged:  # one line per new problem, not one per attempt
+            self._last_logged = str(problem)
+            log.info("waiting for ZITADEL: %s", problem)
         await asyncio.sleep(min(self._settings.retry_interval, remaining))
 
     def _admin_pat(self) -> str:
@@ -448,15 +451,18 @@ def render_gateway_env(client_id: str, client_secret: str, project_id: str) -> s
 
 def write_private(path: Path, content: str) -> None:
     """Replace ``path`` atomically with ``content``, readable by its owner only; unchanged, leave it."""
-    if path.is_file() and path.read_text(encoding="utf-8") == content:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.unlink(missing_ok=True)
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-        file.write(content)
-    os.replace(temporary, path)
+    try:
+        if path.is_file() and path.read_text(encoding="utf-8") == content:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.unlink(missing_ok=True)
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(content)
+        os.replace(temporary, path)
+    except OSError as error:
+        raise BootstrapError(f"cannot write {path}: {error}") from error
 
 
 @dataclass(frozen=True, slots=True)

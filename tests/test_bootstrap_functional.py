@@ -569,6 +569,22 @@ async def test_a_definitive_refusal_fails_at_once(
     assert len(fake.received) == 1
 
 
+async def test_an_unwritable_output_directory_is_a_clear_error(
+    aiohttp_server: AiohttpServer, tmp_path: Path, admin_pat_file: Path
+) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    settings = settings_for(
+        await aiohttp_server(FakeZitadel().application()),
+        tmp_path,
+        admin_pat_file,
+        out_dir=blocker / "bootstrap",
+    )
+
+    with pytest.raises(BootstrapError, match=r"cannot write .*gateway\.env"):
+        await provision(settings)
+
+
 # -- the command line ----------------------------------------------------------------------------------------
 
 
