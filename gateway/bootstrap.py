@@ -326,9 +326,7 @@ async def ensure_role(api: ManagementApi, project_id: str) -> None:
     await _find_or_create(
         api,
         f"role {ROLE_KEY!r}",
-        lambda: _search(
-            api, f"{roles}/_search", [{"keyQuery": {"key": ROLE_KEY, "method": EQUALS}}], "key", ROLE_KEY
-        ),
+        lambda: _search(api, f"{roles}/_search", [{"keyQuery": {"key": ROLE_KEY, "method": EQUALS}}], "key", ROLE_KEY),
         lambda: api.post(roles, {"roleKey": ROLE_KEY, "displayName": ROLE_KEY}),
     )
 
@@ -413,17 +411,13 @@ async def ensure_grant(api: ManagementApi, user: ServiceUser, user_id: str, proj
     )
 
 
-async def ensure_pat(
-    api: ManagementApi, settings: Settings, user: ServiceUser, user_id: str, fresh: bool
-) -> str:
+async def ensure_pat(api: ManagementApi, settings: Settings, user: ServiceUser, user_id: str, fresh: bool) -> str:
     """The saved PAT, or a new one when the file is gone or the user is new (ZITADEL shows a token once)."""
     path = settings.out_dir / f"{user.key}.pat"
     if not fresh and path.is_file() and (saved := path.read_text(encoding="utf-8").strip()):
         log.info("PAT of %r: kept (%s)", user.user_name, path)
         return saved
-    answer = await api.post(
-        f"{MGMT}/users/{quote(user_id, safe='')}/pats", {"expirationDate": settings.pat_expiration}
-    )
+    answer = await api.post(f"{MGMT}/users/{quote(user_id, safe='')}/pats", {"expirationDate": settings.pat_expiration})
     token = _text(answer, "token")
     write_private(path, token + "\n")
     log.info("PAT of %r: created (%s)", user.user_name, path)

@@ -71,9 +71,7 @@ class FakeZitadel:
         return str(next(self._ids))
 
     def state(self) -> str:
-        return json.dumps(
-            [self.projects, self.roles, self.apps, self.secrets, self.users, self.grants, self.pats]
-        )
+        return json.dumps([self.projects, self.roles, self.apps, self.secrets, self.users, self.grants, self.pats])
 
     def creating_posts(self) -> list[Received]:
         """What changed ZITADEL: every POST but the searches."""
@@ -83,9 +81,7 @@ class FakeZitadel:
         @web.middleware
         async def instance_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
             body = await request.json() if request.can_read_body else {}
-            self.received.append(
-                Received(request.path, request.host, request.headers.get("Authorization", ""), body)
-            )
+            self.received.append(Received(request.path, request.host, request.headers.get("Authorization", ""), body))
             if self.outages:
                 status, text = self.outages.pop(0)
                 return web.Response(status=status, text=text, content_type="application/json")
@@ -163,9 +159,7 @@ class FakeZitadel:
         pid = self._project(request)
         body = await request.json()
         key = self._query(body, "keyQuery")["key"]
-        return self._listed(
-            request, body, [{"key": k, "displayName": k} for k in self.roles[pid] if k == key]
-        )
+        return self._listed(request, body, [{"key": k, "displayName": k} for k in self.roles[pid] if k == key])
 
     async def add_role(self, request: web.Request) -> web.Response:
         pid = self._project(request)
@@ -279,9 +273,7 @@ def settings_for(server: TestServer, tmp_path: Path, admin_pat_file: Path, **cha
 
 
 def read_env(path: Path) -> dict[str, str]:
-    pairs = (
-        line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#")
-    )
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
     return {key: value.strip("'") for key, value in pairs}
 
 
@@ -497,9 +489,7 @@ async def test_waits_while_zitadel_is_starting(
     assert (settings.out_dir / "gateway.env").is_file()
 
 
-async def test_waits_until_zitadel_listens(
-    aiohttp_server: AiohttpServer, tmp_path: Path, admin_pat_file: Path
-) -> None:
+async def test_waits_until_zitadel_listens(aiohttp_server: AiohttpServer, tmp_path: Path, admin_pat_file: Path) -> None:
     port = free_port()
     fake = FakeZitadel()
     settings = Settings(

@@ -93,9 +93,7 @@ def file_in_volume(service: Json, path: str) -> tuple[str, str]:
 def test_the_binary_fails_on_a_broken_file(tmp_path: Path) -> None:
     """The check is real: Compose rejects a wrong file with a non-zero exit (its Python wrapper would not)."""
     broken = tmp_path / "docker-compose.yml"
-    broken.write_text(
-        "services:\n  a:\n    image: x\n    depends_on:\n      missing:\n        condition: bogus\n"
-    )
+    broken.write_text("services:\n  a:\n    image: x\n    depends_on:\n      missing:\n        condition: bogus\n")
     (tmp_path / "empty.env").write_text("")
 
     result = run_config(broken, tmp_path / "empty.env", tmp_path)
@@ -196,7 +194,9 @@ def test_every_python_command_names_a_module_of_the_repository(services: Json) -
 
 def test_the_gateway_connects_to_zitadel_but_presents_the_issuer_host(services: Json) -> None:
     gateway, bootstrap, zitadel = services["gateway"], services["bootstrap"], services["zitadel"]
-    issuer = f"http://{zitadel['environment']['ZITADEL_EXTERNALDOMAIN']}:{zitadel['environment']['ZITADEL_EXTERNALPORT']}"
+    issuer = (
+        f"http://{zitadel['environment']['ZITADEL_EXTERNALDOMAIN']}:{zitadel['environment']['ZITADEL_EXTERNALPORT']}"
+    )
     assert issuer == "http://localhost:8080"
     for service in (gateway, bootstrap):
         assert service["environment"]["ZITADEL_DOMAIN"] == issuer
@@ -207,9 +207,7 @@ def test_the_gateway_connects_to_zitadel_but_presents_the_issuer_host(services: 
 
 def test_the_gateway_forwards_to_the_demo_backend(services: Json) -> None:
     gateway, backend = services["gateway"], services["demo_backend"]
-    assert (
-        gateway["environment"]["UPSTREAM_URL"] == f"http://demo_backend:{flag(backend['command'], '--port')}"
-    )
+    assert gateway["environment"]["UPSTREAM_URL"] == f"http://demo_backend:{flag(backend['command'], '--port')}"
     assert flag(backend["command"], "--host") == "0.0.0.0"
     assert flag(gateway["command"], "--config") == "/app/config.yaml"
     assert gateway["environment"]["GATEWAY_PORT"] == "5000"

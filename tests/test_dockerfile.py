@@ -118,9 +118,7 @@ def first_party_imports(package: str) -> set[str]:
                 found.update(alias.name.split(".")[0] for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 found.add(node.module.split(".")[0])
-    return {
-        name for name in found if (REPO / name / "__init__.py").is_file() or (REPO / f"{name}.py").is_file()
-    }
+    return {name for name in found if (REPO / name / "__init__.py").is_file() or (REPO / f"{name}.py").is_file()}
 
 
 def test_every_stage_starts_from_python_slim(stages: list[Stage]) -> None:
@@ -141,9 +139,7 @@ def test_it_copies_what_the_entry_points_import(stages: list[Stage]) -> None:
     assert needed <= copied, f"the image lacks {sorted(needed - copied)}"
 
 
-def test_the_build_stage_installs_the_project_and_the_final_stage_its_wheels(
-    stages: list[Stage], final: Stage
-) -> None:
+def test_the_build_stage_installs_the_project_and_the_final_stage_its_wheels(stages: list[Stage], final: Stage) -> None:
     build = stages[0]
     assert any(re.search(r"\bpip (wheel|install)\b.* \.$", i.arguments) for i in build.all("RUN"))
     assert build.name is not None
