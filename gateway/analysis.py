@@ -101,9 +101,13 @@ def route_warnings(routes: Sequence[Route]) -> list[str]:
     """Routes that can never match (an earlier one covers all their paths and methods), and overlapping routes
     whose policies differ (the earlier one silently decides the shared requests)."""
     warnings: list[str] = []
+    shadowed: set[int] = set()
     for j, later in enumerate(routes):
         for i, earlier in enumerate(routes[:j]):
+            if i in shadowed:
+                continue  # it never decides anything, so it neither shadows nor overlaps
             if covers(earlier.pattern, later.pattern) and methods_cover(earlier.methods, later.methods):
+                shadowed.add(j)
                 warnings.append(
                     f"{_name(j, later)} {later.pattern.source} can never match: "
                     f"{_name(i, earlier)} {earlier.pattern.source} comes first and covers all its paths and methods"
