@@ -166,6 +166,7 @@ async def test_sighup_reload_and_sigterm_drain_a_stream_in_flight(
     startup = next(line for line in lines if "config" in line)
     assert startup["config"]["routes"][0]["path"] == "/stream"
     assert CLIENT_SECRET not in json.dumps(lines)
+    assert "Unclosed" not in json.dumps(lines)  # the sessions were closed after the drain
     assert "config reloaded from" in " ".join(messages)
     assert "SIGTERM received" in messages and messages[-1] == "stopped"
     streamed = [x for x in lines if x["logger"] == "gateway.access" and x["path"] == "/stream"]
