@@ -8,6 +8,7 @@ Prints requests/s, reloads ok/failed and the number of wrong answers (must be 0)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import tempfile
@@ -94,7 +95,8 @@ async def main(seconds: float, rate: float) -> int:
                 path.write_text(yaml.safe_dump(_document(issuer, upstream, valid)))
                 await app[RELOADER].reload()
                 valid = not valid
-                await asyncio.sleep(1 / rate)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1 / rate)
 
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CLIENTS)) as session:
             tasks = [asyncio.create_task(client(session, k)) for k in range(CLIENTS)]
