@@ -30,7 +30,8 @@ class RuntimeSlot:
 
 
 RUNTIME = web.AppKey("runtime", RuntimeSlot)
-INTROSPECTOR = web.AppKey("introspector", Introspector)
+INTROSPECTOR = web.AppKey("introspector", Introspector)  # the one built at start; a reload may replace it:
+# the current one is RUNTIME.current.introspector
 
 
 def _upstream_session() -> aiohttp.ClientSession:
