@@ -1,22 +1,22 @@
-"""Command line: `python -m gateway [run] --config F`, `python -m gateway check --config F`."""
+"""Command line: `python -m gateway [run] --config F`, `check --config F`, `explain --config F METHOD PATH`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
-from aiohttp import web
-
-from .app import build_app
-from .config import Config, ConfigError, load_config, read_environment
+from .analysis import explain, explanation_lines, route_warnings
+from .config import Config, ConfigError
+from .logs import configure_logging
+from .reload import ConfigSource
 from .rules import route_table
-from .server import serve
+from .serve import serve
 
-COMMANDS = ("run", "check")
+COMMANDS = ("run", "check", "explain")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,13 +30,19 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gateway", description="Authenticating gateway for ZITADEL")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", parents=[common], help="serve (the default)")
-    sub.add_parser("check", parents=[common], help="validate the config and print the route table")
+    check = sub.add_parser("check", parents=[common], help="validate the config, print the route table, warn")
+    check.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+    exp = sub.add_parser("explain", parents=[common], help="what the gateway would decide for one request")
+    exp.add_argument("method", help="the HTTP method, e.g. GET")
+    exp.add_argument("path", help="the request path as a client would send it (a query string is ignored)")
+    who = exp.add_mutually_exclusive_group()
+    who.add_argument("--roles", default="", help="a valid token carrying these roles, comma-separated")
+    who.add_argument("--anonymous", action="store_true", help="a request without a token")
     return parser
 
 
-def _load(args: argparse.Namespace) -> Config:
-    env_file = Path(args.env_file) if args.env_file else Path(args.config).parent / ".env"
-    return load_config(args.config, read_environment(env_file))
+def _source(args: argparse.Namespace) -> ConfigSource:
+    return ConfigSource(Path(args.config), Path(args.env_file) if args.env_file else None)
 
 
 def _print_table(config: Config) -> None:
@@ -46,12 +52,40 @@ def _print_table(config: Config) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
-def _install_uvloop() -> None:
+def _check(config: Config, strict: bool) -> int:
+    print(f"{config.source}: OK, {len(config.routes)} routes (first match wins; anything else is denied with 404)")
+    _print_table(config)
+    warnings = route_warnings(config.routes)
+    for warning in warnings:
+        print(f"warning: {warning}")
+    return 1 if strict and warnings else 0
+
+
+def _explain(config: Config, args: argparse.Namespace) -> int:
+    roles = None if args.anonymous else frozenset(r.strip() for r in args.roles.split(",") if r.strip())
+    who = "no token" if roles is None else f"a valid token with roles: {', '.join(sorted(roles)) or '(none)'}"
+    result = explain(config.routes, args.method.upper(), args.path, roles)
+    base = config.upstreams[result.route.upstream].url if result.route is not None else None
+    print("\n".join(explanation_lines(result, base, who)))
+    return 0
+
+
+def _run(config: Config, source: ConfigSource) -> int:
+    configure_logging(config.logging)
+    try:
+        _event_loop_runner()(serve(config, source))
+    except OSError as exc:  # e.g. a port in use
+        print(f"cannot serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
     try:
         import uvloop
     except ImportError:
-        return
-    uvloop.install()
+        return asyncio.run
+    return lambda main: asyncio.Runner(loop_factory=uvloop.new_event_loop).run(main)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -59,25 +93,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
         argv.insert(0, "run")
     args = _parser().parse_args(argv)
+    source = _source(args)
     try:
-        config = _load(args)
+        config = source.load()
     except ConfigError as exc:
         print("configuration error:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
     if args.command == "check":
-        print(f"{config.source}: OK, {len(config.routes)} routes (first match wins; anything else is denied with 404)")
-        _print_table(config)
-        return 0
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    _install_uvloop()
-    try:
-        asyncio.run(serve(build_app(config), config.listen.host, config.listen.port, config.limits))
-    except (KeyboardInterrupt, web.GracefulExit):
-        pass
-    return 0
+        return _check(config, args.strict)
+    if args.command == "explain":
+        return _explain(config, args)
+    return _run(config, source)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -15,7 +15,8 @@ from .config import Config, Limits
 from .errors import error_middleware
 from .introspection import Introspector
 from .metrics import Metrics
-from .pipeline import Runtime, handle
+from .pipeline import REQUEST_ID, REQUEST_ID_HEADER, Runtime, handle
+from .reload import ConfigSource, Reloader, Sessions, build_runtime
 
 log = logging.getLogger("gateway")
 
@@ -30,7 +31,8 @@ class RuntimeSlot:
 
 
 RUNTIME = web.AppKey("runtime", RuntimeSlot)
-INTROSPECTOR = web.AppKey("introspector", Introspector)
+INTROSPECTOR = web.AppKey("introspector", Introspector)  # the one built at start; a reload may replace it:
+# the current one is RUNTIME.current.introspector
 
 
 def _upstream_session() -> aiohttp.ClientSession:
@@ -51,6 +53,7 @@ def _idp_session() -> aiohttp.ClientSession:
 
 
 METRICS = web.AppKey("metrics", Metrics)
+RELOADER = web.AppKey("reloader", Reloader)
 
 
 def native_parser() -> bool:
@@ -76,34 +79,49 @@ def handler_args(limits: Limits) -> dict[str, Any]:
     }
 
 
-def build_app(config: Config, metrics: Metrics | None = None) -> web.Application:
+def build_app(
+    config: Config,
+    metrics: Metrics | None = None,
+    *,
+    source: ConfigSource | None = None,
+    on_reload: Callable[[Config], None] | None = None,
+) -> web.Application:
+    """`source`: where `config` was read from; given, the app reloads it on change and on RELOADER.trigger()."""
     if not native_parser():
         log.warning("aiohttp runs its pure-Python HTTP parser: install a wheel with the C extension")
     app = web.Application(middlewares=[error_middleware], handler_args=handler_args(config.limits))
     app[METRICS] = metrics = metrics or Metrics()
 
     async def sessions(app: web.Application) -> AsyncIterator[None]:
-        upstream = _upstream_session()
-        idp = _idp_session()
-        introspector = Introspector(config.idp, idp, metrics) if config.idp is not None else None
-        app[RUNTIME] = RuntimeSlot(
-            Runtime(config=config, authenticator=introspector, upstream_session=upstream, metrics=metrics)
-        )
-        discovery: asyncio.Task[None] | None = None
-        if introspector is not None:
-            app[INTROSPECTOR] = introspector
+        pools = Sessions(upstream=_upstream_session(), idp=_idp_session())
+        runtime = build_runtime(config, pools, metrics)
+        app[RUNTIME] = slot = RuntimeSlot(runtime)
+        background: list[asyncio.Task[None]] = []
+        if runtime.introspector is not None:
+            app[INTROSPECTOR] = runtime.introspector
             # Serve at once (public routes need no IdP); protected routes answer 503 until discovery succeeds.
-            if not introspector.ready:
-                discovery = asyncio.create_task(introspector.discover())
+            if not runtime.introspector.ready:
+                background.append(asyncio.create_task(runtime.introspector.discover()))
+        if source is not None:
+            app[RELOADER] = reloader = Reloader(source, slot, pools, metrics, on_reload)
+            background.append(asyncio.create_task(reloader.run()))
         yield
-        if discovery is not None:
-            discovery.cancel()
+        for task in background:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await discovery
-        await upstream.close()
-        await idp.close()
+                await task
+        # Runs after the server has drained (AppRunner.cleanup), so no request still uses a session.
+        await pools.upstream.close()
+        await pools.idp.close()
 
     app.cleanup_ctx.append(sessions)
+
+    async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
+        # Before the headers go out, for streamed answers and error answers alike.
+        if REQUEST_ID in request:
+            response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
+
+    app.on_response_prepare.append(echo_request_id)
 
     async def entry(request: web.Request) -> web.StreamResponse:
         return await handle(request.app[RUNTIME].current, request)

@@ -39,6 +39,32 @@ class Listen:
 
 
 @dataclass(frozen=True, slots=True)
+class Admin:
+    """The admin listener (/healthz, /readyz, /metrics): loopback by default, never the proxy port."""
+
+    host: str = "127.0.0.1"
+    port: int = 9091
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("json", "text")
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    level: str = "info"
+    format: str = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadSettings:
+    """Hot reload: the file (and the .env beside it) is polled; SIGHUP reloads at once either way."""
+
+    watch: bool = True
+    poll_seconds: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class IdPConfig:
     issuer: str
     client_id: str
@@ -95,6 +121,10 @@ class Config:
     idp: IdPConfig | None
     upstreams: Mapping[str, Upstream]
     routes: tuple[Route, ...]
+    admin: Admin = Admin()
+    logging: LogSettings = LogSettings()
+    reload: ReloadSettings = ReloadSettings()
+    shutdown_grace: float = 30.0  # seconds in-flight requests get to finish after SIGTERM/SIGINT
     limits: Limits = field(default_factory=Limits)
     # Peers whose X-Forwarded-* headers are believed; everyone else's are replaced.
     trusted_proxies: tuple[IPNetwork, ...] = ()
@@ -276,8 +306,23 @@ def _join(path: str, key: str) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # Sections
 
-_TOP = frozenset({"listen", "idp", "upstreams", "routes", "limits", "trusted_proxies"})
+_TOP = frozenset(
+    {
+        "listen",
+        "idp",
+        "upstreams",
+        "routes",
+        "admin",
+        "logging",
+        "reload",
+        "shutdown_grace_seconds",
+        "limits",
+        "trusted_proxies",
+    }
+)
 _LISTEN = frozenset({"host", "port"})
+_LOGGING = frozenset({"level", "format"})
+_RELOAD = frozenset({"watch", "poll_seconds"})
 _IDP = frozenset(
     {
         "issuer",
@@ -328,6 +373,42 @@ def _listen(c: _Checker, node: Any) -> Listen:
     return Listen(
         host=c.string(m, "host", "listen", "0.0.0.0") or "0.0.0.0",
         port=c.integer(m, "port", "listen", 5000, 1, 65535),
+    )
+
+
+def _admin(c: _Checker, node: Any, listen: Listen) -> Admin:
+    m = c.mapping(node, "admin", _LISTEN)
+    admin = Admin(
+        host=c.string(m, "host", "admin", "127.0.0.1") or "127.0.0.1",
+        port=c.integer(m, "port", "admin", 9091, 1, 65535),
+    )
+    if admin.port == listen.port:
+        # Health and metrics must never be reachable through the proxy's address.
+        c.fail("admin.port", f"must differ from listen.port ({listen.port})")
+    return admin
+
+
+def _one_of(c: _Checker, m: dict[str, Any], key: str, path: str, choices: tuple[str, ...], default: str) -> str:
+    value = (c.string(m, key, path, default) or default).lower()
+    if value not in choices:
+        c.fail(_join(path, key), f"expected one of {', '.join(choices)}, got {value!r}")
+        return default
+    return value
+
+
+def _logging(c: _Checker, node: Any) -> LogSettings:
+    m = c.mapping(node, "logging", _LOGGING)
+    return LogSettings(
+        level=_one_of(c, m, "level", "logging", LOG_LEVELS, "info"),
+        format=_one_of(c, m, "format", "logging", LOG_FORMATS, "json"),
+    )
+
+
+def _reload(c: _Checker, node: Any) -> ReloadSettings:
+    m = c.mapping(node, "reload", _RELOAD)
+    return ReloadSettings(
+        watch=c.boolean(m, "watch", "reload", True),
+        poll_seconds=c.number(m, "poll_seconds", "reload", 1.0, minimum=0.05),
     )
 
 
@@ -522,6 +603,10 @@ def parse_config(document: Any, *, source: str, env: Mapping[str, str]) -> Confi
     routes = _routes(c, doc.get("routes"), upstreams)
     needs_idp = any(r.policy.access is not Access.PUBLIC for r in routes)
     idp = _idp(c, doc.get("idp"), needs_idp)
+    admin = _admin(c, doc.get("admin"), listen)
+    log_settings = _logging(c, doc.get("logging"))
+    reload = _reload(c, doc.get("reload"))
+    grace = c.number(doc, "shutdown_grace_seconds", "", 30.0) if isinstance(doc, dict) else 30.0
     limits = _limits(c, doc.get("limits"))
     trusted = _trusted_proxies(c, doc.get("trusted_proxies"))
     if c.problems:
@@ -532,6 +617,10 @@ def parse_config(document: Any, *, source: str, env: Mapping[str, str]) -> Confi
         idp=idp,
         upstreams=upstreams,
         routes=tuple(routes),
+        admin=admin,
+        logging=log_settings,
+        reload=reload,
+        shutdown_grace=grace,
         limits=limits,
         trusted_proxies=trusted,
     )

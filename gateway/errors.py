@@ -49,6 +49,10 @@ class NotFound(GatewayError):
     error = "not_found"
     description = "no route matches this request"
 
+    @property
+    def reason(self) -> str:
+        return "no route"  # the words `explain` uses
+
 
 class PayloadTooLarge(GatewayError):
     status = 413
@@ -74,6 +78,10 @@ class Unauthenticated(GatewayError):
     status = 401
     error = "unauthorized"
     description = "a bearer token is required"
+
+    @property
+    def reason(self) -> str:
+        return "no token"  # the words `explain` uses
 
     def headers(self) -> Mapping[str, str]:
         return {"WWW-Authenticate": REALM}

@@ -5,6 +5,7 @@ canonical path -> match a route -> authenticate -> authorize -> mutate headers -
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -27,12 +28,16 @@ from .errors import (
     Unauthenticated,
 )
 from .headers import forwarded_for, identity_headers, upstream_request_headers
-from .introspection import Authenticator, Principal
+from .introspection import Authenticator, Introspector, Principal
+from .logs import FIELDS, request_id, token_hash
 from .metrics import Metrics
 from .proxy import forward, upstream_url
 from .rules import Access, PathError, Route, canonical_path, missing_roles, resolve_route
 
 access_log = logging.getLogger("gateway.access")
+
+REQUEST_ID = web.RequestKey("request_id", str)
+REQUEST_ID_HEADER = "X-Request-Id"
 
 _FORM = "application/x-www-form-urlencoded"
 _NO_BODY_METHODS = frozenset({"GET", "HEAD"})
@@ -46,6 +51,16 @@ class Runtime:
     authenticator: Authenticator | None
     upstream_session: aiohttp.ClientSession
     metrics: Metrics
+    introspector: Introspector | None = None  # for readiness: has the IdP's discovery document been fetched?
+
+
+@dataclass(slots=True)
+class Trace:
+    """What the decision log line needs beyond the decision itself; filled in as the stages run."""
+
+    request_id: str
+    token_hash: str = "-"
+    upstream_seconds: float | None = None
 
 
 def split_target(raw_target: str) -> tuple[str, str | None]:
@@ -93,9 +108,11 @@ async def credentials(
     return token, forward_query
 
 
-async def authenticate(runtime: Runtime, token: str | None) -> Principal:
+async def authenticate(runtime: Runtime, token: str | None, trace: Trace | None = None) -> Principal:
     if token is None:
         raise Unauthenticated()
+    if trace is not None:
+        trace.token_hash = token_hash(token)
     if runtime.authenticator is None:  # config validation makes this unreachable; fail closed anyway
         raise IdPUnavailable()
     return await runtime.authenticator.authenticate(token)
@@ -123,16 +140,23 @@ def is_preflight(request: web.Request) -> bool:
     )
 
 
+def _client_request_id(request: web.Request) -> str | None:
+    sent = request.headers.getall(REQUEST_ID_HEADER, [])
+    return sent[0] if len(sent) == 1 else None
+
+
 async def handle(runtime: Runtime, request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
+    trace = Trace(request_id(_client_request_id(request)))
+    request[REQUEST_ID] = trace.request_id  # echoed to the client by the app's on_response_prepare hook
     runtime.metrics.in_flight.inc()
     try:
-        return await _handle(runtime, request, started)
+        return await _handle(runtime, request, started, trace)
     finally:
         runtime.metrics.in_flight.dec()
 
 
-async def _handle(runtime: Runtime, request: web.Request, started: float) -> web.StreamResponse:
+async def _handle(runtime: Runtime, request: web.Request, started: float, trace: Trace) -> web.StreamResponse:
     route: Route | None = None
     principal: Principal | None = None
     path = "-"
@@ -148,7 +172,7 @@ async def _handle(runtime: Runtime, request: web.Request, started: float) -> web
             path, _, route = route_for(runtime, request.headers["Access-Control-Request-Method"], request.raw_path)
             answer = preflight(route, request)
             if answer is not None:
-                _record(runtime, request, path, route, None, answer.status, "preflight", "ok", started)
+                _record(runtime, request, path, route, None, answer.status, "preflight", "ok", started, trace)
                 return answer
         path, query, route = route_for(runtime, request.method, request.raw_path)
         if route is None:
@@ -158,7 +182,7 @@ async def _handle(runtime: Runtime, request: web.Request, started: float) -> web
         token: str | None = None
         if route.policy.access is not Access.PUBLIC:
             token, query = await credentials(route, config.limits, request, query, body)
-            principal = await authenticate(runtime, token)
+            principal = await authenticate(runtime, token, trace)
             lacking = missing_roles(route.policy, principal.roles)
             if lacking is not None:
                 raise InsufficientScope(f"this route requires the role {lacking}", required=lacking)
@@ -170,18 +194,23 @@ async def _handle(runtime: Runtime, request: web.Request, started: float) -> web
                 org_id=principal.org_id,
             )
         upstream = config.upstreams[route.upstream]
-        peer = request.remote or ""
         headers = upstream_request_headers(
             request.headers,
             identity=identity,
             forwarded=forwarded_for(
-                peer, request.scheme, request.headers.get("Host"), request.headers, config.trusted_proxies
+                request.remote or "",
+                request.scheme,
+                request.headers.get("Host"),
+                request.headers,
+                config.trusted_proxies,
             ),
             pass_authorization=route.pass_authorization,
         )
         if token is not None and route.pass_authorization:
             headers["Authorization"] = f"Bearer {token}"  # the token we checked, whichever way it came
+        headers[REQUEST_ID_HEADER] = trace.request_id
         url = upstream_url(upstream, path, query)
+        forwarding = time.perf_counter()
         try:
             response = await forward(
                 request,
@@ -196,12 +225,23 @@ async def _handle(runtime: Runtime, request: web.Request, started: float) -> web
             if body is not None and body.error is not None:
                 raise body.error from None  # the client's fault (413/408), not the upstream's
             raise
+        finally:
+            # The whole exchange with the upstream: to the last byte relayed when the body is streamed.
+            trace.upstream_seconds = time.perf_counter() - forwarding
     except GatewayError as exc:
         decision = "deny" if exc.status < 500 else "error"
-        _record(runtime, request, path, route, principal, exc.status, decision, exc.reason, started)
+        _record(runtime, request, path, route, principal, exc.status, decision, exc.reason, started, trace)
         raise
-    _record(runtime, request, path, route, principal, response.status, "allow", "ok", started)
+    except asyncio.CancelledError:
+        # The client went away, the upstream cut a streamed body, or the grace period ran out: still one line.
+        _record(runtime, request, path, route, principal, 499, "error", "aborted", started, trace)
+        raise
+    _record(runtime, request, path, route, principal, response.status, "allow", "ok", started, trace)
     return response
+
+
+def _milliseconds(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
 
 
 def _record(
@@ -214,17 +254,24 @@ def _record(
     decision: str,
     reason: str,
     started: float,
+    trace: Trace,
 ) -> None:
+    """The one decision log line (JSON or text, per `logging.format`) and the request metrics. Never the token."""
+    elapsed = time.perf_counter() - started
     route_label = route.id if route else "-"
     runtime.metrics.requests.labels(route_label, decision, str(status)).inc()
-    runtime.metrics.request_seconds.labels(route_label).observe(time.perf_counter() - started)
-    access_log.info(
-        "%s %s route=%s decision=%s reason=%r status=%d subject=%s",
-        request.method,
-        path,
-        route.id if route else "-",
-        decision,
-        reason,
-        status,
-        principal.subject if principal else "-",
-    )
+    runtime.metrics.request_seconds.labels(route_label).observe(elapsed)
+    fields = {
+        "request_id": trace.request_id,
+        "method": request.method,
+        "path": path,
+        "route": route_label,
+        "decision": decision,
+        "reason": reason,
+        "status": status,
+        "subject": principal.subject if principal else "-",
+        "token": trace.token_hash,
+        "upstream_ms": _milliseconds(trace.upstream_seconds),
+        "total_ms": _milliseconds(elapsed),
+    }
+    access_log.info("%s %s %d %s", request.method, path, status, decision, extra={FIELDS: fields})

@@ -37,7 +37,7 @@ class Witness(logging.Handler):
         self.registries: list[CollectorRegistry] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
+        text = record.getMessage() + " " + repr(record.__dict__)  # structured `extra` fields included
         if record.exc_info:
             text += logging.Formatter().formatException(record.exc_info)
         self.texts.append((f"log {record.name}", text))

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from gateway.app import build_app, handler_args
 from gateway.config import Limits, parse_config
-from gateway.server import start_server
+from gateway.listener import CappedSite
 from tests.conftest import GatewayFactory
 from tests.support import ENV, RecordingUpstream, free_port, gateway_document
 
@@ -147,7 +147,7 @@ async def test_connection_cap(upstream_url: str) -> None:
     runner = web.AppRunner(build_app(config))
     await runner.setup()
     port = free_port()
-    server = await start_server(runner, "127.0.0.1", port, config.limits)
+    await CappedSite(runner, "127.0.0.1", port, config.limits).start()
     held = []
     try:
         for _ in range(2):
@@ -167,5 +167,4 @@ async def test_connection_cap(upstream_url: str) -> None:
     finally:
         for _, writer in held:
             writer.close()
-        server.close()
-        await runner.cleanup()
+        await runner.cleanup()  # stops the site too

@@ -1,4 +1,4 @@
-"""Serve an app on a TCP port with a cap on open connections (aiohttp has none of its own)."""
+"""The proxy's listening socket, with a cap on open connections (aiohttp has none of its own)."""
 
 from __future__ import annotations
 
@@ -42,27 +42,26 @@ class ConnectionCap:
         return self._server()
 
 
-async def start_server(runner: web.AppRunner, host: str, port: int, limits: Limits) -> asyncio.Server:
-    """Listen for `runner` (already set up) on host:port, at most `limits.max_connections` at a time."""
-    assert runner.server is not None
-    loop = asyncio.get_running_loop()
-    return await loop.create_server(
-        ConnectionCap(runner.server, limits.max_connections),
-        host,
-        port,
-        backlog=limits.backlog,
-        reuse_address=True,
-    )
+class CappedSite(web.TCPSite):
+    """web.TCPSite whose connections go through ConnectionCap; stopped by the runner's cleanup like any site."""
 
+    __slots__ = ("_limit",)
 
-async def serve(app: web.Application, host: str, port: int, limits: Limits) -> None:
-    """Run until SIGINT/SIGTERM (aiohttp's runner turns them into GracefulExit)."""
-    runner = web.AppRunner(app, handle_signals=True)
-    await runner.setup()
-    server = await start_server(runner, host, port, limits)
-    log.info("listening on http://%s:%d", host, port)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        server.close()
-        await runner.cleanup()
+    def __init__(
+        self, runner: web.BaseRunner, host: str, port: int, limits: Limits, *, reuse_port: bool | None = None
+    ) -> None:
+        super().__init__(runner, host, port, backlog=limits.backlog, reuse_port=reuse_port)
+        self._limit = limits.max_connections
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site, so that runner.cleanup() stops it
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            ConnectionCap(server, self._limit),
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
+        )

@@ -1,0 +1,117 @@
+"""Config sections for operations (admin, logging, reload, grace) and the pure log helpers."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+
+from gateway.config import Admin, ConfigError, LogSettings, ReloadSettings, parse_config
+from gateway.logs import JsonFormatter, TextFormatter, effective_config, request_id, token_hash
+
+from .support import CLIENT_SECRET, ENV, gateway_document
+
+
+def document(**top: Any) -> dict[str, Any]:
+    doc = gateway_document(issuer="http://127.0.0.1:1", upstream_url="http://user:pw@127.0.0.1:2")
+    doc.update(top)
+    return doc
+
+
+def problems(**top: Any) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(document(**top), source="g.yaml", env=ENV)
+    return info.value.problems
+
+
+def test_defaults() -> None:
+    config = parse_config(document(), source="g.yaml", env=ENV)
+    assert config.admin == Admin("127.0.0.1", 9091)
+    assert config.logging == LogSettings("info", "json")
+    assert config.reload == ReloadSettings(True, 1.0)
+    assert config.shutdown_grace == 30.0
+
+
+def test_sections_are_read() -> None:
+    config = parse_config(
+        document(
+            admin={"host": "0.0.0.0", "port": "9100"},
+            logging={"level": "DEBUG", "format": "text"},
+            reload={"watch": False, "poll_seconds": 0.2},
+            shutdown_grace_seconds=5,
+        ),
+        source="g.yaml",
+        env=ENV,
+    )
+    assert config.admin == Admin("0.0.0.0", 9100)
+    assert config.logging == LogSettings("debug", "text")
+    assert config.reload == ReloadSettings(False, 0.2)
+    assert config.shutdown_grace == 5.0
+
+
+@pytest.mark.parametrize(
+    ("top", "problem"),
+    [
+        ({"admin": {"port": 5000}}, "g.yaml: admin.port: must differ from listen.port (5000)"),
+        ({"admin": {"port": 0}}, "g.yaml: admin.port: expected a whole number from 1 to 65535, got 0"),
+        ({"admin": {"bind": "x"}}, "g.yaml: admin.bind: unknown key"),
+        ({"logging": {"format": "xml"}}, "g.yaml: logging.format: expected one of json, text, got 'xml'"),
+        ({"logging": {"level": "loud"}}, "g.yaml: logging.level: expected one of debug, info, warning, error"),
+        ({"reload": {"poll_seconds": 0}}, "g.yaml: reload.poll_seconds: expected a number >= 0.05"),
+        ({"shutdown_grace_seconds": -1}, "g.yaml: shutdown_grace_seconds: expected a number >= 0"),
+        ({"workerz": 2}, "g.yaml: workerz: unknown key"),
+    ],
+)
+def test_invalid_sections(top: dict[str, Any], problem: str) -> None:
+    assert any(p.startswith(problem) for p in problems(**top)), problems(**top)
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        ("abc-123_X.y", True),
+        ("a" * 128, True),
+        ("a" * 129, False),
+        ("", False),
+        ("has space", False),
+        ("inject\r\nx: y", False),
+        ("ü", False),
+        (None, False),
+    ],
+)
+def test_request_id(sent: str | None, kept: bool) -> None:
+    got = request_id(sent)
+    assert (got == sent) is kept
+    assert 1 <= len(got) <= 128
+
+
+def test_token_hash_is_short_and_stable() -> None:
+    assert token_hash("demo-reader-token") == token_hash("demo-reader-token")
+    assert len(token_hash("demo-reader-token")) == 12
+    assert "demo" not in token_hash("demo-reader-token")
+
+
+def test_effective_config_has_no_secret() -> None:
+    config = parse_config(document(), source="g.yaml", env=ENV)
+    rendered = json.dumps(effective_config(config))
+    assert CLIENT_SECRET not in rendered
+    assert "pw@" not in rendered  # credentials in an upstream URL are dropped too
+    assert effective_config(config)["upstreams"] == {"default": "http://127.0.0.1:2"}
+    assert effective_config(config)["admin"] == "127.0.0.1:9091"
+
+
+def _record(fields: dict[str, Any] | None) -> logging.LogRecord:
+    record = logging.LogRecord("gateway.access", logging.INFO, __file__, 1, "GET %s", ("/x",), None)
+    if fields is not None:
+        record.fields = fields
+    return record
+
+
+def test_formatters() -> None:
+    line = json.loads(JsonFormatter().format(_record({"status": 200, "route": "r"})))
+    assert line["message"] == "GET /x" and line["status"] == 200 and line["route"] == "r"
+    assert line["level"] == "info" and line["logger"] == "gateway.access" and line["time"].endswith("Z")
+    assert TextFormatter().format(_record({"status": 200})).endswith("GET /x status=200")
+    assert json.loads(JsonFormatter().format(_record(None)))["message"] == "GET /x"
