@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .rules import Access, PathError, PathPattern, Route, canonical_path, match_route, missing_roles
+from .rules import Access, PathError, PathPattern, Route, canonical_path, missing_roles, resolve_route
 
 STAR = "*"
 _ANY_SEGMENT = "x"  # a witness for `*`: any non-empty segment will do
@@ -154,7 +154,10 @@ def explain(routes: Sequence[Route], method: str, target: str, roles: frozenset[
         path = canonical_path(raw_path)
     except PathError as exc:
         return Explanation(method, raw_path, None, None, None, 400, f"bad path: {exc}")
-    route = match_route(routes, method, path)
+    try:
+        route = resolve_route(routes, method, path)  # as the pipeline matches: case-ambiguous paths are 400
+    except PathError as exc:
+        return Explanation(method, raw_path, path, None, None, 400, f"bad path: {exc}")
     if route is None:
         return Explanation(method, raw_path, path, None, None, 404, "no route")
     index = list(routes).index(route)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.analysis import explain
 from gateway.rules import Access, PathError, PathPattern, Policy, Route, canonical_path, resolve_route
 from tests.conftest import GatewayFactory
 from tests.support import FakeIdP, RecordingUpstream
@@ -132,6 +133,11 @@ def test_case_variants_that_change_the_route_are_rejected(path: str) -> None:
     # `/ADMIN` reaches the public catch-all here, but a case-insensitive upstream would serve /admin.
     with pytest.raises(PathError, match="letter case"):
         resolve_route(ROUTES, "GET", path)
+
+
+def test_explain_reports_case_ambiguity_as_the_gateway_answers_it() -> None:
+    assert explain(ROUTES, "GET", "/ADMIN", None).status == 400
+    assert explain(ROUTES, "GET", "/admin/", None).route is ROUTES[0]
 
 
 @pytest.mark.parametrize("path", ["/Other", "/images/Logo.PNG", "/docs/README"])
