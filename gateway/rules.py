@@ -125,6 +125,7 @@ class PathPattern:
     segments: tuple[str, ...]
     tail: bool
     folded: tuple[str, ...] = ()  # the segments in lower case, to detect case-variant requests
+    cased: bool = False  # folded != segments
 
     @classmethod
     def compile(cls, source: str) -> PathPattern:
@@ -150,16 +151,17 @@ class PathPattern:
                     raise ValueError(f"not in canonical form (write it as {canonical_path(literal)!r})")
             except PathError as exc:
                 raise ValueError(str(exc)) from exc
-        return cls(source, tuple(parts), tail, tuple(p.lower() for p in parts))
+        folded = tuple(p.lower() for p in parts)
+        return cls(source, tuple(parts), tail, folded, folded != tuple(parts))
 
     def matches(self, path: str, *, fold: bool = False) -> bool:
         """`path` is canonical. `/a/` matches as `/a` does, so a trailing slash cannot step around a rule.
 
         fold: compare in lower case (`path` must be lower-cased by the caller).
         """
-        segs = path.split("/")[1:]
-        if len(segs) > 1 and segs[-1] == "":
-            segs.pop()
+        return self.matches_segments(path_segments(path), fold=fold)
+
+    def matches_segments(self, segs: Sequence[str], *, fold: bool = False) -> bool:
         pat = self.folded if fold else self.segments
         if self.tail:
             if len(segs) < len(pat):
@@ -173,6 +175,14 @@ class PathPattern:
             elif want != got:
                 return False
         return True
+
+
+def path_segments(path: str) -> list[str]:
+    """A canonical path's segments for matching, without the empty one a trailing slash leaves."""
+    segs = path.split("/")[1:]
+    if len(segs) > 1 and segs[-1] == "":
+        segs.pop()
+    return segs
 
 
 class Access(enum.Enum):
@@ -246,8 +256,9 @@ class Route:
 
 def match_route(routes: Iterable[Route], method: str, path: str, *, fold: bool = False) -> Route | None:
     """The first route that matches wins; None means deny (404)."""
+    segs = path_segments(path)  # once, not once per route
     for route in routes:
-        if route.matches(method, path, fold=fold):
+        if (route.methods is None or method in route.methods) and route.pattern.matches_segments(segs, fold=fold):
             return route
     return None
 
@@ -259,7 +270,10 @@ def resolve_route(routes: Sequence[Route], method: str, path: str) -> Route | No
     different rule than `/admin` does, one of the two kinds of upstream would be reached around its rule: reject.
     """
     route = match_route(routes, method, path)
-    if match_route(routes, method, path.lower(), fold=True) is not route:
+    lowered = path.lower()
+    if lowered == path and not any(r.pattern.cased for r in routes):
+        return route  # nothing to fold on either side: the second match would be the first
+    if match_route(routes, method, lowered, fold=True) is not route:
         raise PathError("the letter case of the path makes the route ambiguous")
     return route
 

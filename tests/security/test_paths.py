@@ -135,6 +135,13 @@ def test_case_variants_that_change_the_route_are_rejected(path: str) -> None:
         resolve_route(ROUTES, "GET", path)
 
 
+def test_case_in_a_pattern_counts_too() -> None:
+    routes = (_route("/Admin", Access.ROLES), _route("/**", Access.PUBLIC))
+    with pytest.raises(PathError, match="letter case"):
+        resolve_route(routes, "GET", "/admin")  # all lower case, yet /Admin's rule is what a folding upstream hits
+    assert resolve_route(routes, "GET", "/Admin") is routes[0]
+
+
 def test_explain_reports_case_ambiguity_as_the_gateway_answers_it() -> None:
     assert explain(ROUTES, "GET", "/ADMIN", None).status == 400
     assert explain(ROUTES, "GET", "/admin/", None).route is ROUTES[0]

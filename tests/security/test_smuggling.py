@@ -7,6 +7,9 @@ refuses bodies on GET/HEAD, which some upstreams would otherwise read as the sta
 from __future__ import annotations
 
 import os
+import re
+import tomllib
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -28,9 +31,18 @@ def test_aiohttp_c_parser_is_in_use() -> None:
     assert native_parser()
 
 
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".")[:3])
+
+
 def test_aiohttp_has_the_smuggling_fixes() -> None:
-    version = tuple(int(part) for part in aiohttp.__version__.split(".")[:3])
-    assert version >= (3, 12, 14)
+    assert _version(aiohttp.__version__) >= (3, 12, 14)
+    # The pin itself, so that no install can resolve to an older aiohttp.
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text(encoding="utf-8"))
+    pins = [d for d in pyproject["project"]["dependencies"] if re.match(r"aiohttp\s*[>=~]", d)]
+    assert len(pins) == 1
+    floor = re.search(r">=\s*([0-9.]+)", pins[0])
+    assert floor is not None and _version(floor.group(1)) >= (3, 12, 14)
 
 
 @pytest.mark.parametrize(
