@@ -8,6 +8,7 @@ sends can remove or forge what the gateway injects.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -72,6 +73,14 @@ class ForwardedFor:
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+# RFC 3986 authority without userinfo: reg-name / IPv4 / IP-literal, then an optional port.
+_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]+)(?::[0-9]{1,5})?")
+
+
+def valid_host(value: str) -> bool:
+    """A Host (or X-Forwarded-Host) an upstream can safely build URLs from: no '/', '@', spaces or the like."""
+    return bool(_HOST.fullmatch(value))
+
 
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
@@ -117,10 +126,11 @@ def forwarded_for(
             break
     client_ip, via = chain[idx], chain[idx + 1 :]
     proto = _last(client, "X-Forwarded-Proto")
+    forwarded_host = _last(client, "X-Forwarded-Host")
     return ForwardedFor(
         client_ip,
         proto if proto in ("http", "https") else scheme,
-        _last(client, "X-Forwarded-Host") or host,
+        forwarded_host if forwarded_host and valid_host(forwarded_host) else host,
         tuple(via),
     )
 

@@ -27,7 +27,7 @@ from .errors import (
     PreflightRejected,
     Unauthenticated,
 )
-from .headers import forwarded_for, identity_headers, upstream_request_headers
+from .headers import forwarded_for, identity_headers, upstream_request_headers, valid_host
 from .introspection import Authenticator, Introspector, Principal
 from .logs import FIELDS, request_id, token_hash
 from .metrics import Metrics
@@ -175,6 +175,10 @@ async def _handle(runtime: Runtime, request: web.Request, started: float, trace:
                 _record(runtime, request, path, route, None, answer.status, "preflight", "ok", started, trace)
                 return answer
         path, query, route = route_for(runtime, request.method, request.raw_path)
+        host = request.headers.get("Host")
+        if host is not None and not valid_host(host):
+            # It reaches the upstream as X-Forwarded-Host, where links and redirects are built from it.
+            raise BadRequest("the Host header is not a valid host[:port]")
         if route is None:
             raise NotFound()
         body = guard_body(config.limits, route, request)
@@ -198,11 +202,7 @@ async def _handle(runtime: Runtime, request: web.Request, started: float, trace:
             request.headers,
             identity=identity,
             forwarded=forwarded_for(
-                request.remote or "",
-                request.scheme,
-                request.headers.get("Host"),
-                request.headers,
-                config.trusted_proxies,
+                request.remote or "", request.scheme, host, request.headers, config.trusted_proxies
             ),
             pass_authorization=route.pass_authorization,
         )

@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 from multidict import CIMultiDict
 
-from gateway.headers import forwarded_for
+from gateway.headers import forwarded_for, valid_host
 from tests.conftest import GatewayFactory
 from tests.support import RecordingUpstream
 
@@ -152,3 +152,24 @@ def test_untrusted_peer_proto_and_host_are_ours() -> None:
 def test_trusted_peer_proto_must_be_http_or_https() -> None:
     headers = CIMultiDict({"X-Forwarded-Proto": "javascript"})
     assert forwarded_for("10.0.0.1", "http", "h", headers, _net("10.0.0.0/8")).proto == "http"
+
+
+@pytest.mark.parametrize("host", ["a b", "a/b", "evil.test@good.test", "good.test/..", "x:y:z", "h\tx", ""])
+async def test_invalid_host_is_400(make_gateway: GatewayFactory, upstream: RecordingUpstream, host: str) -> None:
+    gateway = await make_gateway()
+    raw = f"GET /open/x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+    answer = await send(gateway.port, raw)
+    assert answer.status == 400
+    assert upstream.seen == []
+
+
+@pytest.mark.parametrize(
+    "host", ["api.example", "api.example:8443", "127.0.0.1:5000", "[::1]:5000", "xn--bcher-kva.example"]
+)
+def test_valid_hosts(host: str) -> None:
+    assert valid_host(host)
+
+
+def test_trusted_peer_cannot_pass_an_invalid_forwarded_host() -> None:
+    headers = CIMultiDict({"X-Forwarded-Host": "evil.test/reset?x="})
+    assert forwarded_for("10.0.0.1", "http", "h", headers, _net("10.0.0.0/8")).host == "h"
