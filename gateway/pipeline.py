@@ -92,20 +92,21 @@ def guard_body(limits: Limits, route: Route, request: web.Request) -> BodyGuard 
     return BodyGuard(request.content, limit=limit, timeout=limits.body_timeout)
 
 
-async def credentials(
-    route: Route, limits: Limits, request: web.Request, query: str | None, body: BodyGuard | None
-) -> tuple[str | None, str | None]:
+def credentials(route: Route, limits: Limits, request: web.Request, query: str | None) -> tuple[str | None, str | None]:
     """(token or None, the query to forward). A token in two places is 400 invalid_request (RFC 6750 §2)."""
     header = bearer_token(request.headers.getall("Authorization", []), max_bytes=limits.max_token_bytes)
     if header is not None and query_has_token(query):
         raise InvalidRequestToken("the access token was sent in more than one place")
-    token, forward_query = header, query
     if header is None and route.allow_query_token:
-        token, forward_query = query_token(query, max_bytes=limits.max_token_bytes)
-    if token is not None and body is not None and request.content_type == _FORM:
-        if form_has_token(await body.read_all()):
-            raise InvalidRequestToken("the access token was sent in more than one place")
-    return token, forward_query
+        return query_token(query, max_bytes=limits.max_token_bytes)
+    return header, query
+
+
+async def refuse_form_token(request: web.Request, body: BodyGuard | None) -> None:
+    """A token in a form body too (RFC 6750 §2.2) is 400. Run after authentication: only a client with a valid
+    token can make the gateway buffer a body (within the route's limit) to look."""
+    if body is not None and request.content_type == _FORM and form_has_token(await body.read_all()):
+        raise InvalidRequestToken("the access token was sent in more than one place")
 
 
 async def authenticate(runtime: Runtime, token: str | None, trace: Trace | None = None) -> Principal:
@@ -185,8 +186,9 @@ async def _handle(runtime: Runtime, request: web.Request, started: float, trace:
         identity: dict[str, str] = {}
         token: str | None = None
         if route.policy.access is not Access.PUBLIC:
-            token, query = await credentials(route, config.limits, request, query, body)
+            token, query = credentials(route, config.limits, request, query)
             principal = await authenticate(runtime, token, trace)
+            await refuse_form_token(request, body)
             lacking = missing_roles(route.policy, principal.roles)
             if lacking is not None:
                 raise InsufficientScope(f"this route requires the role {lacking}", required=lacking)
