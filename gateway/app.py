@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
-from aiohttp import web
+from aiohttp import http_parser, web
 
 from .config import Config, Limits
 from .errors import error_middleware
@@ -58,8 +58,6 @@ RELOADER = web.AppKey("reloader", Reloader)
 
 def native_parser() -> bool:
     """Whether aiohttp parses HTTP with its C (llhttp) parser, which carries the request-smuggling fixes."""
-    from aiohttp import http_parser
-
     return http_parser.HttpRequestParser is not http_parser.HttpRequestParserPy
 
 
