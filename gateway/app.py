@@ -15,7 +15,7 @@ from .config import Config, Limits
 from .errors import error_middleware
 from .introspection import Introspector
 from .metrics import Metrics
-from .pipeline import REQUEST_ID, REQUEST_ID_HEADER, Runtime, handle
+from .pipeline import CORS_ORIGIN, REQUEST_ID, REQUEST_ID_HEADER, Runtime, handle
 from .reload import ConfigSource, Reloader, Sessions, build_runtime
 
 log = logging.getLogger("gateway")
@@ -118,6 +118,10 @@ def build_app(
         # Before the headers go out, for streamed answers and error answers alike.
         if REQUEST_ID in request:
             response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
+        if CORS_ORIGIN in request:
+            # The route's CORS settings are the gateway's to apply; an upstream's own answer is replaced.
+            response.headers["Access-Control-Allow-Origin"] = request[CORS_ORIGIN]
+            response.headers.add("Vary", "Origin")
 
     app.on_response_prepare.append(echo_request_id)
 

@@ -37,6 +37,7 @@ from .rules import Access, PathError, Route, canonical_path, missing_roles, reso
 access_log = logging.getLogger("gateway.access")
 
 REQUEST_ID = web.RequestKey("request_id", str)
+CORS_ORIGIN = web.RequestKey("cors_origin", str)  # an allowed Origin, echoed on the answer by the app's hook
 REQUEST_ID_HEADER = "X-Request-Id"
 
 _FORM = "application/x-www-form-urlencoded"
@@ -182,6 +183,9 @@ async def _handle(runtime: Runtime, request: web.Request, started: float, trace:
             raise BadRequest("the Host header is not a valid host[:port]")
         if route is None:
             raise NotFound()
+        origin = request.headers.get("Origin")
+        if route.cors is not None and origin is not None and route.cors.allows_origin(origin):
+            request[CORS_ORIGIN] = origin  # also on 401/403, so the browser lets the page read why
         body = guard_body(config.limits, route, request)
         identity: dict[str, str] = {}
         token: str | None = None

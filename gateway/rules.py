@@ -217,9 +217,12 @@ class Cors:
     headers: frozenset[str]  # lower case
     max_age: int = 600
 
+    def allows_origin(self, origin: str) -> bool:
+        return origin in self.origins or "*" in self.origins
+
     def preflight(self, origin: str, method: str, request_headers: str) -> dict[str, str] | None:
         """The headers of an allowed preflight's answer, or None when this origin/method/header set is refused."""
-        if origin not in self.origins and "*" not in self.origins:
+        if not self.allows_origin(origin):
             return None
         if method not in self.methods:
             return None

@@ -84,3 +84,27 @@ def test_cors_policy_is_pure() -> None:
     assert allowed is not None and allowed["Access-Control-Allow-Origin"] == "https://any.example"
     assert cors.preflight("https://any.example", "POST", "") is None
     assert cors.preflight("https://any.example", "GET", "cookie") is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [({"Authorization": "Bearer demo-reader-token"}, 200), ({}, 401)],
+)
+async def test_actual_requests_from_an_allowed_origin_carry_allow_origin(
+    make_gateway: GatewayFactory, headers: dict[str, str], status: int
+) -> None:
+    gateway = await make_gateway(routes=ROUTES)
+    resp = await gateway.get("/api/private", headers={**headers, "Origin": ORIGIN})
+    assert resp.status == status
+    assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert "Origin" in resp.headers.getall("Vary")
+
+
+@pytest.mark.parametrize(("path", "origin"), [("/api/private", "https://evil.example"), ("/echo/x", ORIGIN)])
+async def test_no_allow_origin_for_other_origins_or_routes(
+    make_gateway: GatewayFactory, path: str, origin: str
+) -> None:
+    gateway = await make_gateway(routes=ROUTES)
+    resp = await gateway.get(path, headers={"Authorization": "Bearer demo-reader-token", "Origin": origin})
+    assert resp.status == 200
+    assert "Access-Control-Allow-Origin" not in resp.headers
