@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 
 from aiohttp import web
 
 from .config import Limits
 
 log = logging.getLogger("gateway")
+_LOG_EVERY = 10.0  # seconds
 
 _BODY = b'{"error":"too_many_connections","error_description":"the gateway is at capacity, try again shortly"}'
 _FULL = (
@@ -34,12 +37,18 @@ class ConnectionCap:
     def __init__(self, server: web.Server, limit: int) -> None:
         self._server = server
         self._limit = limit
+        self._refused = 0
+        self._logged_at = -math.inf
 
     def __call__(self) -> asyncio.Protocol:
-        if len(self._server.connections) >= self._limit:
-            log.warning("connection refused: %d connections open", self._limit)
-            return _Refuse()
-        return self._server()
+        if len(self._server.connections) < self._limit:
+            return self._server()
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._logged_at >= _LOG_EVERY:  # a flood of refusals must not become a flood of log lines
+            log.warning("%d connection(s) refused: %d connections open", self._refused, self._limit)
+            self._refused, self._logged_at = 0, now
+        return _Refuse()
 
 
 class CappedSite(web.TCPSite):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -138,7 +139,7 @@ def test_limits_are_validated(limits: dict[str, Any], problem: str) -> None:
     assert any(problem in p for p in err.value.problems)
 
 
-async def test_connection_cap(upstream_url: str) -> None:
+async def test_connection_cap(upstream_url: str, caplog: pytest.LogCaptureFixture) -> None:
     document = {
         **gateway_document(issuer="https://z.example", upstream_url=upstream_url, routes=ROUTES),
         "limits": {"max_connections": 2},
@@ -149,6 +150,7 @@ async def test_connection_cap(upstream_url: str) -> None:
     port = free_port()
     await CappedSite(runner, "127.0.0.1", port, config.limits).start()
     held = []
+    caplog.set_level(logging.WARNING, logger="gateway")
     try:
         for _ in range(2):
             held.append(await asyncio.open_connection("127.0.0.1", port))
@@ -158,6 +160,9 @@ async def test_connection_cap(upstream_url: str) -> None:
         refused = await send(port, request("/open/x"))
         assert refused.status == 503
         assert refused.json()["error"] == "too_many_connections"
+        assert (await send(port, request("/open/x"))).status == 503
+        refusals = [r for r in caplog.records if "connection(s) refused" in r.getMessage()]
+        assert len(refusals) == 1  # one warning per interval, not one per refused connection
         _, writer = held.pop()
         writer.close()
         await writer.wait_closed()
