@@ -68,6 +68,7 @@ def main() -> int:
         "UPSTREAM_URL": f"http://127.0.0.1:{BACKEND_PORT}",
         "GATEWAY_HOST": "127.0.0.1",
         "GATEWAY_PORT": str(GATEWAY_PORT),
+        "LOG_FORMAT": os.environ.get("LOG_FORMAT", "text"),  # a person is watching this terminal
     }
     py = sys.executable
     commands = [
