@@ -10,11 +10,13 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
+from .cache import CachingAuthenticator, cache_key_prefix
 from .config import Config
 from .errors import error_middleware
-from .introspection import Introspector
+from .introspection import Authenticator, Introspector
 from .metrics import Metrics
 from .pipeline import Runtime, handle
+from .redis_store import RedisStore
 
 log = logging.getLogger("gateway")
 
@@ -30,6 +32,7 @@ class RuntimeSlot:
 
 RUNTIME = web.AppKey("runtime", RuntimeSlot)
 INTROSPECTOR = web.AppKey("introspector", Introspector)
+CACHE = web.AppKey("cache", CachingAuthenticator)
 
 
 def _upstream_session() -> aiohttp.ClientSession:
@@ -60,8 +63,20 @@ def build_app(config: Config, metrics: Metrics | None = None) -> web.Application
         upstream = _upstream_session()
         idp = _idp_session()
         introspector = Introspector(config.idp, idp, metrics) if config.idp is not None else None
+        shared = RedisStore(config.cache.url, metrics, timeout=config.cache.redis_timeout) if config.cache.url else None
+        authenticator: Authenticator | None = introspector
+        if introspector is not None and config.idp is not None:
+            app[CACHE] = authenticator = CachingAuthenticator(
+                introspector,
+                config.cache,
+                metrics,
+                key_prefix=cache_key_prefix(
+                    config.idp.introspection_endpoint or config.idp.issuer, config.idp.client_id, config.idp.project_id
+                ),
+                shared=shared,
+            )
         app[RUNTIME] = RuntimeSlot(
-            Runtime(config=config, authenticator=introspector, upstream_session=upstream, metrics=metrics)
+            Runtime(config=config, authenticator=authenticator, upstream_session=upstream, metrics=metrics)
         )
         discovery: asyncio.Task[None] | None = None
         if introspector is not None:
@@ -75,6 +90,8 @@ def build_app(config: Config, metrics: Metrics | None = None) -> web.Application
                 await discovery
         await upstream.close()
         await idp.close()
+        if shared is not None:
+            await shared.close()
 
     app.cleanup_ctx.append(sessions)
 
