@@ -70,9 +70,7 @@ def build_app(config: Config, metrics: Metrics | None = None) -> web.Application
                 introspector,
                 config.cache,
                 metrics,
-                key_prefix=cache_key_prefix(
-                    config.idp.introspection_endpoint or config.idp.issuer, config.idp.client_id, config.idp.project_id
-                ),
+                key_prefix=cache_key_prefix(config.idp.issuer, config.idp.client_id, config.idp.project_id),
                 shared=shared,
             )
         app[RUNTIME] = RuntimeSlot(

@@ -35,9 +35,13 @@ class SharedStore(Protocol):
     async def put(self, key: bytes, answer: Answer, ttl: float) -> None: ...
 
 
-def cache_key_prefix(endpoint: str, client_id: str, project_id: str | None) -> hashlib._Hash:
-    """The hash state every key starts from: the same token at another IdP (or project) is another entry."""
-    return hashlib.sha256(f"{endpoint}\0{client_id}\0{project_id or ''}\0".encode())
+def cache_key_prefix(issuer: str, client_id: str, project_id: str | None) -> hashlib._Hash:
+    """The hash state every key starts from: the same token at another IdP, client or project is another entry.
+
+    The issuer stands for its introspection endpoint (discovered from it, or configured beside it), so that
+    processes that discover and processes that are told the endpoint share entries.
+    """
+    return hashlib.sha256(f"{issuer}\0{client_id}\0{project_id or ''}\0".encode())
 
 
 class LocalCache:

@@ -100,17 +100,18 @@ class RedisStore:
     async def close(self) -> None:
         await self._redis.aclose()
 
-    def _available(self) -> bool:
+    @property
+    def available(self) -> bool:
         return self._monotonic() >= self._down_until
 
     def _failed(self, what: str, exc: BaseException) -> None:
         self._errors.inc()
-        if self._available():  # one line per pause, not one per request
+        if self.available:  # one line per pause, not one per request
             log.warning("redis %s failed (%s): using the local cache and the IdP for %.0fs", what, exc, self._pause)
         self._down_until = self._monotonic() + self._pause
 
     async def get(self, key: bytes) -> Answer | None:
-        if not self._available():
+        if not self.available:
             return None
         try:
             raw = await self._redis.get(KEY_PREFIX + key.hex().encode())
@@ -126,7 +127,7 @@ class RedisStore:
             return None
 
     async def put(self, key: bytes, answer: Answer, ttl: float) -> None:
-        if not self._available():
+        if not self.available:
             return
         try:
             await self._redis.set(KEY_PREFIX + key.hex().encode(), dump_answer(answer), px=max(1, int(ttl * 1000)))

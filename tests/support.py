@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
+import os
 import socket
-from collections.abc import Awaitable, Callable
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import yaml
 from aiohttp import web
 
 from demo_backend.app import build_app as build_demo_app
@@ -193,3 +199,40 @@ ENV = {"ZITADEL_CLIENT_ID": CLIENT_ID, "ZITADEL_CLIENT_SECRET": CLIENT_SECRET}
 
 def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
+
+
+@contextlib.asynccontextmanager
+async def gateway_process(document: dict[str, Any], directory: Path, env: dict[str, str]) -> AsyncIterator[str]:
+    """Run `python -m gateway` as a real process on a free port; yield its base URL; stop it afterwards."""
+    port = free_port()
+    document = {**document, "listen": {"host": "127.0.0.1", "port": port}}
+    config = directory / f"gateway-{port}.yaml"
+    config.write_text(yaml.safe_dump(document), encoding="utf-8")
+    log = (directory / f"gateway-{port}.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "--config", str(config), "--env-file", os.devnull],
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        for _ in range(400):
+            if proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {proc.returncode}")
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.025)
+                continue
+            writer.close()
+            await writer.wait_closed()
+            break
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
