@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from dotenv import dotenv_values
 
 from .rules import Access, PathPattern, Policy, Route, valid_method
@@ -370,8 +372,12 @@ def _client_key(c: _Checker, path: str | None) -> ClientKey | None:
         c.fail("idp", f"ZITADEL_KEY_FILE {path}: expected ZITADEL's application key with keyId, clientId and key")
         return None
     key_id, client_id, pem = (str(v) for v in fields)
-    if "PRIVATE KEY-----" not in pem:
-        c.fail("idp", f"ZITADEL_KEY_FILE {path}: 'key' is not a PEM private key")
+    try:
+        usable = isinstance(load_pem_private_key(pem.encode(), password=None), RSAPrivateKey)
+    except (ValueError, TypeError):
+        usable = False
+    if not usable:
+        c.fail("idp", f"ZITADEL_KEY_FILE {path}: 'key' is not an unencrypted PEM RSA private key")
         return None
     return ClientKey(key_id=key_id, client_id=client_id, private_key=pem)
 

@@ -50,11 +50,13 @@ def upstream_url(upstream_server: tuple[RecordingUpstream, TestServer]) -> str:
 def make_gateway(idp: FakeIdP, upstream_url: str, aiohttp_client: AiohttpClient) -> GatewayFactory:
     """Start a gateway on a free port against the test IdP and upstream; wait until discovery is done."""
 
-    async def make(routes: list[dict[str, Any]] | None = None, **overrides: Any) -> TestClient[Any, Any]:
+    async def make(
+        routes: list[dict[str, Any]] | None = None, *, env: dict[str, str] | None = None, **overrides: Any
+    ) -> TestClient[Any, Any]:
         document = gateway_document(issuer=idp.issuer, upstream_url=upstream_url, routes=routes)
         for key, value in overrides.items():
             document[key] = {**document.get(key, {}), **value} if isinstance(value, dict) else value
-        config = parse_config(document, source="test.yaml", env=ENV)
+        config = parse_config(document, source="test.yaml", env=ENV if env is None else env)
         client = await aiohttp_client(build_app(config))
         if config.idp is not None:
             introspector = client.app[INTROSPECTOR]

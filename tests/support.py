@@ -50,9 +50,14 @@ class FakeIdP:
     delay: float = 0.0
     seen_forms: list[dict[str, str]] = field(default_factory=list)
     seen_hosts: list[str] = field(default_factory=list)
+    drops: int = 0  # drop this many introspection connections without an answer
+    in_flight: int = 0
+    max_in_flight: int = 0
+    settings: IdPSettings | None = None  # set by build_app; tests may change it (e.g. client_public_key)
 
     def build_app(self) -> web.Application:
         settings = IdPSettings(issuer=self.issuer, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, tokens=self.tokens)
+        self.settings = settings
         app = build_idp_app(settings)
 
         @web.middleware
@@ -64,22 +69,35 @@ class FakeIdP:
                 self.introspections += 1
                 form = await request.post()
                 self.seen_forms.append({k: str(v) for k, v in form.items()})
-            if self.delay:
-                await asyncio.sleep(self.delay)
-            if self.mode == "hang":
-                await asyncio.sleep(3600)
-            if self.mode.startswith("status:"):
-                return web.json_response({"error": "server_error"}, status=int(self.mode.split(":")[1]))
-            if self.mode == "html":
-                return web.Response(text="<html>oops</html>", content_type="text/html")
-            if self.mode == "garbage":
-                return web.Response(text="{not json", content_type="application/json")
-            if self.mode == "no-active":
-                return web.json_response({})
-            return await handler(request)
+                if self.drops > 0:
+                    self.drops -= 1
+                    assert request.transport is not None
+                    request.transport.abort()
+                    raise asyncio.CancelledError()
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                return await self._answer(request, handler)
+            finally:
+                self.in_flight -= 1
 
         app.middlewares.append(faults)
         return app
+
+    async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.mode == "hang":
+            await asyncio.sleep(3600)
+        if self.mode.startswith("status:"):
+            return web.json_response({"error": "server_error"}, status=int(self.mode.split(":")[1]))
+        if self.mode == "html":
+            return web.Response(text="<html>oops</html>", content_type="text/html")
+        if self.mode == "garbage":
+            return web.Response(text="{not json", content_type="application/json")
+        if self.mode == "no-active":
+            return web.json_response({})
+        return await handler(request)
 
 
 @dataclass
