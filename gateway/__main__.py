@@ -13,6 +13,7 @@ from aiohttp import web
 from .app import build_app
 from .config import Config, ConfigError, load_config, read_environment
 from .rules import route_table
+from .workers import run_workers
 
 COMMANDS = ("run", "check")
 
@@ -70,6 +71,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if config.workers > 1:
+        return run_workers(config.workers, lambda: _serve(config))
+    _serve(config)
+    return 0
+
+
+def _serve(config: Config) -> None:
     _install_uvloop()
     host, port = config.listen.host, config.listen.port
     web.run_app(
@@ -77,9 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         host=host,
         port=port,
         access_log=None,
+        reuse_port=config.workers > 1,  # workers share the port (gateway/workers.py)
         print=lambda _: logging.getLogger("gateway").info("listening on http://%s:%d", host, port),
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -220,8 +220,10 @@ def dumps(value: Any) -> str:
 
 
 @contextlib.asynccontextmanager
-async def gateway_process(document: dict[str, Any], directory: Path, env: dict[str, str]) -> AsyncIterator[str]:
-    """Run `python -m gateway` as a real process on a free port; yield its base URL; stop it afterwards."""
+async def gateway_process(
+    document: dict[str, Any], directory: Path, env: dict[str, str]
+) -> AsyncIterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Run `python -m gateway` as a real process on a free port; yield its base URL and process; stop it."""
     port = free_port()
     document = {**document, "listen": {"host": "127.0.0.1", "port": port}}
     config = directory / f"gateway-{port}.yaml"
@@ -245,7 +247,7 @@ async def gateway_process(document: dict[str, Any], directory: Path, env: dict[s
             writer.close()
             await writer.wait_closed()
             break
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", proc
     finally:
         proc.terminate()
         try:

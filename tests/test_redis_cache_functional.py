@@ -38,7 +38,7 @@ async def test_two_gateway_processes_share_one_introspection_per_token(
         issuer=idp.issuer, upstream_url=upstream_url, introspection_endpoint=idp.issuer + "/oauth/v2/introspect"
     )
     document["cache"] = redis_cache(redis_url)
-    async with gateway_process(document, tmp_path, ENV) as second, aiohttp.ClientSession() as client:
+    async with gateway_process(document, tmp_path, ENV) as (second, _), aiohttp.ClientSession() as client:
         async with client.get(second + "/api/private-scoped", headers=READER) as resp:
             assert resp.status == 200
         async with client.get(second + "/api/private", headers={"authorization": "Bearer bogus-1"}) as resp:
