@@ -5,9 +5,10 @@ canonical path -> match a route -> authenticate -> authorize -> mutate headers -
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
@@ -24,6 +25,36 @@ from .rules import Access, PathError, Route, canonical_path, match_route, missin
 access_log = logging.getLogger("gateway.access")
 
 
+class RouteMemo:
+    """(method, raw path) -> (canonical path, route), remembered: both are pure functions of one config.
+
+    Bounded (cleared when full; long paths are never kept), so random paths cannot grow memory. Refused paths
+    (PathError) are not remembered: they raise every time.
+    """
+
+    __slots__ = ("_memo", "_routes")
+
+    MAX_ENTRIES = 4096
+    MAX_PATH = 256
+
+    def __init__(self, routes: tuple[Route, ...]) -> None:
+        self._routes = routes
+        self._memo: dict[tuple[str, str], tuple[str, Route | None]] = {}
+
+    def resolve(self, method: str, raw_path: str) -> tuple[str, Route | None]:
+        key = (method, raw_path)
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
+        path = canonical_path(raw_path)
+        resolved = (path, match_route(self._routes, method, path))
+        if len(raw_path) <= self.MAX_PATH:
+            if len(self._memo) >= self.MAX_ENTRIES:
+                self._memo.clear()
+            self._memo[key] = resolved
+        return resolved
+
+
 @dataclass(frozen=True, slots=True)
 class Runtime:
     """Everything one config needs to serve; a reload swaps it whole, so a request sees one consistent set."""
@@ -32,6 +63,10 @@ class Runtime:
     authenticator: Authenticator | None
     upstream_session: aiohttp.ClientSession
     metrics: Metrics
+    routing: RouteMemo = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "routing", RouteMemo(self.config.routes))
 
 
 def split_target(raw_target: str) -> tuple[str, str | None]:
@@ -64,10 +99,9 @@ async def _handle(runtime: Runtime, request: web.Request, started: float) -> web
     try:
         raw_path, query = split_target(request.raw_path)
         try:
-            path = canonical_path(raw_path)
+            path, route = runtime.routing.resolve(request.method, raw_path)
         except PathError as exc:
             raise BadRequest(f"the request path is not acceptable: {exc}") from exc
-        route = match_route(runtime.config.routes, request.method, path)
         if route is None:
             raise NotFound()
         identity: dict[str, str] = {}
@@ -76,13 +110,7 @@ async def _handle(runtime: Runtime, request: web.Request, started: float) -> web
             lacking = missing_roles(route.policy, principal.roles)
             if lacking is not None:
                 raise InsufficientScope(f"this route requires the role {lacking}", required=lacking)
-            identity = identity_headers(
-                subject=principal.subject,
-                username=principal.username,
-                roles=principal.roles,
-                client_id=principal.client_id,
-                org_id=principal.org_id,
-            )
+            identity = _identity(principal)
         upstream = runtime.config.upstreams[route.upstream]
         headers = upstream_request_headers(
             request.headers,
@@ -100,6 +128,18 @@ async def _handle(runtime: Runtime, request: web.Request, started: float) -> web
     return response
 
 
+@functools.lru_cache(maxsize=4096)
+def _identity(principal: Principal) -> dict[str, str]:
+    """The identity headers of a principal, built once per cached principal (callers only read the dict)."""
+    return identity_headers(
+        subject=principal.subject,
+        username=principal.username,
+        roles=principal.roles,
+        client_id=principal.client_id,
+        org_id=principal.org_id,
+    )
+
+
 def _record(
     runtime: Runtime,
     request: web.Request,
@@ -111,9 +151,7 @@ def _record(
     reason: str,
     started: float,
 ) -> None:
-    route_label = route.id if route else "-"
-    runtime.metrics.requests.labels(route_label, decision, str(status)).inc()
-    runtime.metrics.request_seconds.labels(route_label).observe(time.perf_counter() - started)
+    runtime.metrics.request_done(route.id if route else "-", decision, status, time.perf_counter() - started)
     access_log.info(
         "%s %s route=%s decision=%s reason=%r status=%d subject=%s",
         request.method,
