@@ -63,7 +63,11 @@ def build_app(config: Config, metrics: Metrics | None = None) -> web.Application
         upstream = _upstream_session()
         idp = _idp_session()
         introspector = Introspector(config.idp, idp, metrics) if config.idp is not None else None
-        shared = RedisStore(config.cache.url, metrics, timeout=config.cache.redis_timeout) if config.cache.url else None
+        shared = None
+        if config.cache.url:
+            # A claim on a token lasts as long as one IdP call may (the other processes wait for its answer).
+            claim = config.idp.timeout if config.idp is not None else 5.0
+            shared = RedisStore(config.cache.url, metrics, timeout=config.cache.redis_timeout, claim_seconds=claim)
         authenticator: Authenticator | None = introspector
         if introspector is not None and config.idp is not None:
             app[CACHE] = authenticator = CachingAuthenticator(

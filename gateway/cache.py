@@ -34,6 +34,14 @@ class SharedStore(Protocol):
 
     async def put(self, key: bytes, answer: Answer, ttl: float) -> None: ...
 
+    async def claim(self, key: bytes) -> bool:
+        """True: this process asks the IdP for `key` (or the store cannot tell). False: another process is."""
+
+    async def wait(self, key: bytes) -> Answer | None:
+        """Wait for the process holding the claim: its answer, or None when it gave up (ask the IdP then)."""
+
+    async def release(self, key: bytes) -> None: ...
+
 
 def cache_key_prefix(issuer: str, client_id: str, project_id: str | None) -> hashlib._Hash:
     """The hash state every key starts from: the same token at another IdP, client or project is another entry.
@@ -155,12 +163,25 @@ class CachingAuthenticator:
         return answer
 
     async def _fill(self, key: bytes, token: str) -> Answer:
-        if self._shared is not None:
-            shared = await self._shared.get(key)
-            if shared is not None:
-                self._shared_hits.inc()
-                self._remember(key, shared)
-                return shared
+        shared = self._shared
+        if shared is None:
+            return await self._ask(key, token)
+        found = await shared.get(key)
+        if found is None and not await shared.claim(key):
+            # Another process is asking the IdP for this very token: one call across processes, not one each.
+            self._coalesced.inc()
+            found = await shared.wait(key)
+        if found is not None:
+            self._shared_hits.inc()
+            self._remember(key, found)
+            return found
+        try:
+            answer = await self._ask(key, token)
+        finally:
+            await shared.release(key)
+        return answer
+
+    async def _ask(self, key: bytes, token: str) -> Answer:
         answer: Answer
         try:
             answer = await self._inner.authenticate(token)

@@ -8,6 +8,7 @@ Whoever can write to this Redis can forge principals: give the gateway a Redis o
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -25,6 +26,7 @@ from .metrics import Metrics
 log = logging.getLogger("gateway.cache")
 
 KEY_PREFIX = b"gateway:introspection:"
+CLAIM_PREFIX = b"gateway:introspecting:"  # "a process is asking the IdP for this key right now"
 _FORMAT = 1
 
 
@@ -86,13 +88,23 @@ class RedisStore:
     """SharedStore over redis-py asyncio. Every failure is swallowed here (logged), and counted."""
 
     def __init__(
-        self, url: str, metrics: Metrics, *, timeout: float, pause: float = 2.0, monotonic: Clock = time.monotonic
+        self,
+        url: str,
+        metrics: Metrics,
+        *,
+        timeout: float,
+        claim_seconds: float = 5.0,
+        poll: float = 0.01,
+        pause: float = 2.0,
+        monotonic: Clock = time.monotonic,
     ) -> None:
         # No retries and short timeouts: a slow Redis must not make the request slower than asking the IdP.
         self._redis = aioredis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
         )
         self._pause = pause
+        self._claim_ms = max(1, int(claim_seconds * 1000))  # a claim outlives no IdP call (the IdP timeout)
+        self._poll = poll
         self._monotonic = monotonic
         self._down_until = -1.0
         self._errors = metrics.cache.labels("shared_error")
@@ -118,13 +130,7 @@ class RedisStore:
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed("read", exc)
             return None
-        if raw is None:
-            return None
-        try:
-            return load_answer(raw if isinstance(raw, bytes) else raw.encode())
-        except ValueError as exc:
-            log.warning("ignoring an unreadable shared cache entry: %s", exc)
-            return None
+        return None if raw is None else self._decode(raw)
 
     async def put(self, key: bytes, answer: Answer, ttl: float) -> None:
         if not self.available:
@@ -133,3 +139,47 @@ class RedisStore:
             await self._redis.set(KEY_PREFIX + key.hex().encode(), dump_answer(answer), px=max(1, int(ttl * 1000)))
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed("write", exc)
+
+    async def claim(self, key: bytes) -> bool:
+        if not self.available:
+            return True
+        try:
+            return bool(await self._redis.set(CLAIM_PREFIX + key.hex().encode(), b"1", nx=True, px=self._claim_ms))
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed("claim", exc)
+            return True
+
+    async def wait(self, key: bytes) -> Answer | None:
+        """Poll for the answer while the claim stands; None once it is gone without one (the call failed)."""
+        name, claim = KEY_PREFIX + key.hex().encode(), CLAIM_PREFIX + key.hex().encode()
+        deadline = self._monotonic() + self._claim_ms / 1000
+        while self._monotonic() < deadline and self.available:
+            await asyncio.sleep(self._poll)
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.get(name)
+                    pipe.exists(claim)
+                    raw, claimed = await pipe.execute()
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._failed("read", exc)
+                return None
+            if raw is not None:
+                return self._decode(raw)
+            if not claimed:
+                return None
+        return None
+
+    async def release(self, key: bytes) -> None:
+        if not self.available:
+            return
+        try:
+            await self._redis.delete(CLAIM_PREFIX + key.hex().encode())
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed("release", exc)
+
+    def _decode(self, raw: bytes | str) -> Answer | None:
+        try:
+            return load_answer(raw if isinstance(raw, bytes) else raw.encode())
+        except ValueError as exc:
+            log.warning("ignoring an unreadable shared cache entry: %s", exc)
+            return None

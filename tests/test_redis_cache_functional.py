@@ -135,3 +135,30 @@ async def test_redis_is_asked_once_per_token_burst(make_gateway: GatewayFactory,
     responses = await asyncio.gather(*(gateway.get("/api/private", headers=headers) for _ in range(30)))
     assert [r.status for r in responses] == [200] * 30
     assert idp.introspections == 1
+
+
+async def test_a_burst_across_two_gateways_makes_one_call(
+    make_gateway: GatewayFactory, idp: FakeIdP, redis_url: str
+) -> None:
+    first = await make_gateway(cache=redis_cache(redis_url))
+    second = await make_gateway(cache=redis_cache(redis_url))
+    idp.delay = 0.3
+    headers = {"authorization": "Bearer demo-reader-token"}
+    requests = [g.get("/api/private-scoped", headers=headers) for _ in range(20) for g in (first, second)]
+    responses = await asyncio.gather(*requests)
+    assert [r.status for r in responses] == [200] * 40
+    assert idp.introspections == 1
+
+
+async def test_when_the_claiming_call_fails_the_others_ask_for_themselves(
+    make_gateway: GatewayFactory, idp: FakeIdP, redis_url: str
+) -> None:
+    first = await make_gateway(cache=redis_cache(redis_url))
+    second = await make_gateway(cache=redis_cache(redis_url))
+    idp.mode = "status:500"
+    idp.delay = 0.3
+    headers = {"authorization": "Bearer demo-reader-token"}
+    responses = await asyncio.gather(*(g.get("/api/private", headers=headers) for g in (first, second)))
+    assert [r.status for r in responses] == [503, 503]  # never open, never a cached failure
+    idp.mode, idp.delay = "ok", 0.0
+    assert (await second.get("/api/private", headers=headers)).status == 200
