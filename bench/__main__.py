@@ -178,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--spray", type=int, default=1_000_000, help="distinct bogus tokens (0: skip)")
     parser.add_argument("--write", action="store_true", help="record this run in docs/benchmarks.md")
     args = parser.parse_args(argv)
-    ensure_debian_packages({"nginx": "nginx-light", "wrk": "wrk"})
+    ensure_debian_packages({"nginx": "nginx-light", "wrk": "wrk", "redis-server": "redis-server"})
 
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
         directory = Path(tmp)
@@ -205,12 +205,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rows.append(Row(workers, direct, via_nginx, via_gateway))
 
             bursts = [f"Burst: {args.burst} concurrent first requests with one new token:", ""]
+            redis_port = free_port()
+            redis_args = ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""]
+            redis_cache = {"cache": {"backend": "redis", "url": f"redis://127.0.0.1:{redis_port}/0"}}
             setups: list[tuple[int, dict[str, Any], str]] = [
                 (1, {}, "1 worker, memory cache"),
                 (2, {}, "2 workers, memory cache (one cache per worker)"),
+                (2, redis_cache, "2 workers, Redis cache (a claim per token across processes)"),
             ]
             for i, (workers, extra, label) in enumerate(setups):
-                with gateway(directory, idp, backend, workers, extra) as (port, _):
+                with (
+                    process(redis_args, redis_port, logs),
+                    gateway(directory, idp, backend, workers, extra) as (port, _),
+                ):
                     calls, statuses = burst(port, idp, BURST_TOKENS[i], args.burst)
                 ok = sum(1 for s in statuses if s == 200)
                 bursts.append(
@@ -224,19 +231,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 with gateway(directory, idp, backend, 1) as (port, pid):
                     url = f"http://127.0.0.1:{port}{PATH}"
                     wrk(url, seconds=2, connections=args.connections, threads=args.threads, headers=TOKEN)
-                    before, calls_before = rss_bytes(pid), idp_calls(idp)
+                    before = rss_bytes(pid)
                     result = spray(
-                        url, directory, tokens=args.spray, connections=args.connections, threads=args.threads
+                        url,
+                        directory,
+                        tokens=args.spray,
+                        connections=args.connections,
+                        threads=args.threads,
+                        calls=lambda: idp_calls(idp),
                     )
-                    after, calls = rss_bytes(pid), idp_calls(idp) - calls_before
+                    after = rss_bytes(pid)
                 mib = 2**20
+                answered_2xx = result.wrk.requests - result.wrk.non_2xx
                 sprays = [
                     (
-                        f"Spray: {result.requests:,} requests with distinct bogus tokens (1 worker, max_entries "
-                        f"100000): gateway RSS {before / mib:.1f} MiB -> {after / mib:.1f} MiB, growth "
-                        f"**{(after - before) / mib:.1f} MiB**; {calls:,} introspection calls; "
-                        f"{result.requests_per_second:,.0f} req/s; "
-                        f"{result.requests - result.non_2xx:,} non-401 answers."
+                        f"Spray: {result.calls:,} distinct bogus tokens (1 worker, max_entries 100000), each one "
+                        f"introspection call at the IdP: gateway RSS {before / mib:.1f} MiB -> {after / mib:.1f} MiB, "
+                        f"growth **{(after - before) / mib:.1f} MiB**; {result.calls / result.seconds:,.0f} tokens/s "
+                        f"(p50 {result.wrk.p50_ms:.1f} ms, p99 {result.wrk.p99_ms:.1f} ms); "
+                        f"{answered_2xx} answered 2xx (must be 0)."
                     ),
                     "",
                 ]
@@ -249,6 +262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+NOTES = "## Notes"
+
+
 def write_doc(text: str, command: str) -> None:
     path = ROOT / "docs" / "benchmarks.md"
     path.parent.mkdir(exist_ok=True)
@@ -259,7 +275,10 @@ def write_doc(text: str, command: str) -> None:
         f"Machine: {machine()}; Python {platform.python_version()}; every process (wrk, the backend, the IdP, "
         "nginx, the gateway) on the same machine.\n\n"
     )
-    path.write_text(header + text + "\n", encoding="utf-8")
+    # Hand-written notes below the run (what bounds the numbers) survive the next run.
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    notes = old[old.index(NOTES) :] if NOTES in old else NOTES + "\n"
+    path.write_text(header + text + "\n\n" + notes, encoding="utf-8")
     print(f"bench: wrote {path}")
 
 

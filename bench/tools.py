@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,8 +133,8 @@ def wrk(url: str, *, seconds: int, connections: int, threads: int, headers: dict
 
 
 SPRAY_LUA = """\
--- Every request carries a token never seen before; each thread stops after its share.
-local counter, limit, prefix = 0, {per_thread}, ""
+-- Every request carries a token never seen before (per-thread prefix, counter); a thread stops after its share.
+counter, limit, prefix = 0, {per_thread}, "spray"
 local threads = 0
 function setup(thread)
     threads = threads + 1
@@ -140,7 +142,7 @@ function setup(thread)
 end
 function request()
     counter = counter + 1
-    return wrk.format("GET", "/api/private-scoped", {{["Authorization"] = "Bearer " .. prefix .. counter}})
+    return wrk.format("GET", nil, {{["Authorization"] = "Bearer " .. prefix .. counter}})
 end
 function response(status, headers, body)
     if counter >= limit then wrk.thread:stop() end
@@ -148,12 +150,35 @@ end
 """
 
 
-def spray(url: str, directory: Path, *, tokens: int, connections: int, threads: int) -> WrkResult:
+@dataclass(frozen=True, slots=True)
+class SprayResult:
+    calls: int  # introspection calls the IdP saw: one per distinct token that reached it
+    seconds: float
+    wrk: WrkResult
+
+
+def spray(
+    url: str, directory: Path, *, tokens: int, connections: int, threads: int, calls: Callable[[], int]
+) -> SprayResult:
+    """Send `tokens` distinct bogus tokens. wrk runs for its whole -d even when its threads stop, so it is
+    interrupted (SIGINT: it still prints its numbers) once `calls()` (the IdP's count) stops moving; the rate is
+    taken from the IdP's count and the time of its last change, not from wrk's duration."""
     script = directory / "spray.lua"
     script.write_text(SPRAY_LUA.format(per_thread=tokens // threads))
     args = ["wrk", f"-t{threads}", f"-c{connections}", "-d3600s", "--latency", "-s", str(script), url]
-    out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
-    return parse_wrk(out)
+    start = last = calls()
+    started = changed = time.monotonic()
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    while proc.poll() is None:
+        time.sleep(0.25)
+        now = calls()
+        if now != last:
+            last, changed = now, time.monotonic()
+        elif time.monotonic() - changed >= 3.0:
+            proc.send_signal(signal.SIGINT)
+            break
+    out, _ = proc.communicate(timeout=60)
+    return SprayResult(calls=last - start, seconds=changed - started, wrk=parse_wrk(out))
 
 
 def rss_bytes(pid: int) -> int:
