@@ -8,7 +8,9 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import aiohttp
 from aiohttp import web
@@ -23,6 +25,7 @@ from .proxy import forward, upstream_url
 from .rules import Access, PathError, Route, canonical_path, match_route, missing_roles
 
 access_log = logging.getLogger("gateway.access")
+_NO_IDENTITY: Mapping[str, str] = MappingProxyType({})
 
 
 class RouteMemo:
@@ -104,7 +107,7 @@ async def _handle(runtime: Runtime, request: web.Request, started: float) -> web
             raise BadRequest(f"the request path is not acceptable: {exc}") from exc
         if route is None:
             raise NotFound()
-        identity: dict[str, str] = {}
+        identity: Mapping[str, str] = _NO_IDENTITY
         if route.policy.access is not Access.PUBLIC:
             principal = await authenticate(runtime, request)
             lacking = missing_roles(route.policy, principal.roles)
@@ -129,14 +132,16 @@ async def _handle(runtime: Runtime, request: web.Request, started: float) -> web
 
 
 @functools.lru_cache(maxsize=4096)
-def _identity(principal: Principal) -> dict[str, str]:
-    """The identity headers of a principal, built once per cached principal (callers only read the dict)."""
-    return identity_headers(
-        subject=principal.subject,
-        username=principal.username,
-        roles=principal.roles,
-        client_id=principal.client_id,
-        org_id=principal.org_id,
+def _identity(principal: Principal) -> Mapping[str, str]:
+    """The identity headers of a principal, built once per cached principal; read-only, as it is shared."""
+    return MappingProxyType(
+        identity_headers(
+            subject=principal.subject,
+            username=principal.username,
+            roles=principal.roles,
+            client_id=principal.client_id,
+            org_id=principal.org_id,
+        )
     )
 
 

@@ -104,3 +104,17 @@ async def test_idp_down_for_a_burst_every_waiter_gets_503_from_one_call(
     responses = await asyncio.gather(*(gateway.get("/api/private", headers=READER) for _ in range(20)))
     assert [r.status for r in responses] == [503] * 20
     assert idp.introspections - before == 1
+
+
+async def test_introspection_calls_and_latency_are_exposed(gateway: Client, idp: FakeIdP) -> None:
+    await gateway.get("/api/private", headers=READER)
+    await gateway.get("/api/private", headers=READER)
+    await gateway.get("/api/private", headers={"authorization": "Bearer nope"})
+    registry = gateway.app[METRICS].registry
+    calls = {
+        outcome: registry.get_sample_value("gateway_introspection_requests_total", {"outcome": outcome})
+        for outcome in ("active", "inactive")
+    }
+    assert calls == {"active": 1.0, "inactive": 1.0}
+    assert registry.get_sample_value("gateway_introspection_duration_seconds_count") == 2.0
+    assert (cache_count(gateway, "hit"), cache_count(gateway, "miss")) == (1.0, 2.0)
