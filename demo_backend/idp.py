@@ -1,8 +1,9 @@
 """An offline stand-in of ZITADEL's discovery and introspection endpoints, for `make demo` and the tests.
 
 Demo only: it knows a fixed table of tokens. It authenticates its caller the way ZITADEL does for an API
-application with Basic auth (client_secret_basic, id and secret form-urlencoded) and answers in ZITADEL's
-shapes, including `{"active": false}` and nothing else for any token it does not know.
+application with Basic auth (client_secret_basic, id and secret form-urlencoded), or, when given the public half
+of an application key, with a JWT-profile assertion (private_key_jwt) only; and answers in ZITADEL's shapes,
+including `{"active": false}` and nothing else for any token it does not know.
 
 Run: `python -m demo_backend.idp --host 127.0.0.1 --port 8082`.
 """
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_plus
 
+import jwt
 from aiohttp import web
 
 ROLES_CLAIM = "urn:zitadel:iam:org:project:roles"
@@ -60,6 +62,34 @@ class IdPSettings:
     client_secret: str = DEMO_CLIENT_SECRET
     tokens: Mapping[str, dict[str, Any] | None] = field(default_factory=lambda: dict(DEMO_TOKENS))
     lifetime: int = 3600
+    client_public_key: str | None = None  # PEM: accept private_key_jwt signed by its private half, nothing else
+    client_key_id: str | None = None
+
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+def _assertion_ok(form: Mapping[str, Any], settings: IdPSettings) -> bool:
+    """ZITADEL's checks of a JWT-profile client assertion: RS256 by the registered key, iss = sub = client id,
+    aud = the issuer, issued at most an hour ago, valid for at most an hour."""
+    assertion, public_key = form.get("client_assertion"), settings.client_public_key
+    if form.get("client_assertion_type") != ASSERTION_TYPE or not isinstance(assertion, str) or public_key is None:
+        return False
+    try:
+        if jwt.get_unverified_header(assertion).get("kid") != settings.client_key_id:
+            return False
+        claims = jwt.decode(
+            assertion,
+            public_key,
+            algorithms=["RS256"],
+            audience=settings.issuer,
+            issuer=settings.client_id,
+            options={"require": ["iss", "sub", "aud", "iat", "exp"]},
+        )
+    except jwt.InvalidTokenError:
+        return False
+    now = time.time()
+    return bool(claims["sub"] == settings.client_id and claims["iat"] >= now - 3600 and claims["exp"] <= now + 3660)
 
 
 def _client_ok(header: str | None, settings: IdPSettings) -> bool:
@@ -88,9 +118,14 @@ def build_idp_app(settings: IdPSettings) -> web.Application:
         )
 
     async def introspect(request: web.Request) -> web.Response:
-        if not _client_ok(request.headers.get("Authorization"), settings):
-            return web.json_response({"error": "unauthorized_client"}, status=400)
         form = await request.post()
+        if settings.client_public_key is not None:
+            # Two client-authentication methods at once are refused, as ZITADEL does.
+            client_ok = "Authorization" not in request.headers and _assertion_ok(form, settings)
+        else:
+            client_ok = _client_ok(request.headers.get("Authorization"), settings)
+        if not client_ok:
+            return web.json_response({"error": "unauthorized_client"}, status=400)
         token = form.get("token")
         claims = settings.tokens.get(token) if isinstance(token, str) else None
         if claims is None:

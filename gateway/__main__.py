@@ -15,6 +15,7 @@ from .logs import configure_logging
 from .reload import ConfigSource
 from .rules import route_table
 from .serve import serve
+from .workers import run_workers
 
 COMMANDS = ("run", "check", "explain")
 
@@ -72,8 +73,16 @@ def _explain(config: Config, args: argparse.Namespace) -> int:
 
 def _run(config: Config, source: ConfigSource) -> int:
     configure_logging(config.logging)
+    if config.workers > 1:
+        # Every worker shares the proxy port (SO_REUSEPORT); worker i has its own admin port, admin.port + i,
+        # so each one's health and metrics can be scraped (its registry is its own).
+        return run_workers(config.workers, lambda index: _serve(config, source, worker=index))
+    return _serve(config, source, worker=None)
+
+
+def _serve(config: Config, source: ConfigSource, *, worker: int | None) -> int:
     try:
-        _event_loop_runner()(serve(config, source))
+        _event_loop_runner()(serve(config, source, worker=worker))
     except OSError as exc:  # e.g. a port in use
         print(f"cannot serve: {exc}", file=sys.stderr)
         return 1

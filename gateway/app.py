@@ -11,11 +11,13 @@ from typing import Any
 import aiohttp
 from aiohttp import http_parser, web
 
+from .cache import CachingAuthenticator
 from .config import Config, Limits
 from .errors import error_middleware
 from .introspection import Introspector
 from .metrics import Metrics
 from .pipeline import CORS_ORIGIN, REQUEST_ID, REQUEST_ID_HEADER, Runtime, handle
+from .redis_store import RedisStore
 from .reload import ConfigSource, Reloader, Sessions, build_runtime
 
 log = logging.getLogger("gateway")
@@ -33,6 +35,7 @@ class RuntimeSlot:
 RUNTIME = web.AppKey("runtime", RuntimeSlot)
 INTROSPECTOR = web.AppKey("introspector", Introspector)  # the one built at start; a reload may replace it:
 # the current one is RUNTIME.current.introspector
+CACHE = web.AppKey("cache", CachingAuthenticator)  # likewise: the current one is RUNTIME.current.authenticator
 
 
 def _upstream_session() -> aiohttp.ClientSession:
@@ -91,9 +94,16 @@ def build_app(
     app[METRICS] = metrics = metrics or Metrics()
 
     async def sessions(app: web.Application) -> AsyncIterator[None]:
-        pools = Sessions(upstream=_upstream_session(), idp=_idp_session())
+        shared = None
+        if config.cache.url:
+            # A claim on a token lasts as long as one IdP call may (the other processes wait for its answer).
+            claim = config.idp.timeout if config.idp is not None else 5.0
+            shared = RedisStore(config.cache.url, metrics, timeout=config.cache.redis_timeout, claim_seconds=claim)
+        pools = Sessions(upstream=_upstream_session(), idp=_idp_session(), shared=shared)
         runtime = build_runtime(config, pools, metrics)
         app[RUNTIME] = slot = RuntimeSlot(runtime)
+        if isinstance(runtime.authenticator, CachingAuthenticator):
+            app[CACHE] = runtime.authenticator
         background: list[asyncio.Task[None]] = []
         if runtime.introspector is not None:
             app[INTROSPECTOR] = runtime.introspector
@@ -111,6 +121,8 @@ def build_app(
         # Runs after the server has drained (AppRunner.cleanup), so no request still uses a session.
         await pools.upstream.close()
         await pools.idp.close()
+        if shared is not None:
+            await shared.close()
 
     app.cleanup_ctx.append(sessions)
 

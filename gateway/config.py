@@ -8,6 +8,7 @@ Secrets (the client secret) are read from the environment only, never from the Y
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -17,6 +18,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from dotenv import dotenv_values
 
 from .rules import Access, Cors, PathPattern, Policy, Route, valid_method
@@ -65,16 +68,30 @@ class ReloadSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientKey:
+    """ZITADEL's downloaded application key (JWT profile, private_key_jwt), read from ZITADEL_KEY_FILE as is."""
+
+    key_id: str
+    client_id: str
+    private_key: str = field(repr=False)  # PEM (PKCS#1 as ZITADEL writes it)
+
+
+@dataclass(frozen=True, slots=True)
 class IdPConfig:
     issuer: str
     client_id: str
-    client_secret: str = field(repr=False)
+    client_secret: str = field(repr=False)  # empty when `client_key` authenticates the gateway
     introspection_endpoint: str | None = None  # None: taken from the discovery document
     connect_url: str | None = None  # connect here while presenting the issuer's host (docker networks)
     project_id: str | None = None
     clock_leeway: float = 30.0
     timeout: float = 5.0
     discovery_attempts: int = 5
+    client_key: ClientKey | None = None  # set: private_key_jwt instead of client_secret_basic
+    max_concurrent_calls: int = 64  # introspection calls in flight at once; more wait (within `timeout`)
+    retry_on_connection_error: bool = True  # one quick retry when the connection fails (stale keep-alive)
+    breaker_failures: int = 5  # consecutive failures that open the circuit breaker (0: never)
+    breaker_cooldown: float = 5.0  # seconds of instant 503s before one probe call is let through
 
     @property
     def host_header(self) -> str | None:
@@ -115,6 +132,18 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """The introspection-answer cache. `ttl` 0 turns positive caching off (every request asks the IdP)."""
+
+    backend: str = "memory"  # memory | redis (redis: shared between processes, with a local cache in front)
+    ttl: float = 60.0
+    negative_ttl: float = 10.0
+    max_entries: int = 100_000
+    url: str | None = field(default=None, repr=False)  # redis://...; may carry a password
+    redis_timeout: float = 0.25
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: str
     listen: Listen
@@ -128,6 +157,8 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     # Peers whose X-Forwarded-* headers are believed; everyone else's are replaced.
     trusted_proxies: tuple[IPNetwork, ...] = ()
+    cache: CacheConfig = CacheConfig()
+    workers: int = 1
 
     def __post_init__(self) -> None:
         # Frozen all the way down: a plain dict here could be changed by anyone holding the config.
@@ -318,6 +349,8 @@ _TOP = frozenset(
         "shutdown_grace_seconds",
         "limits",
         "trusted_proxies",
+        "cache",
+        "workers",
     }
 )
 _LISTEN = frozenset({"host", "port"})
@@ -332,8 +365,13 @@ _IDP = frozenset(
         "clock_leeway_seconds",
         "timeout_seconds",
         "discovery_attempts",
+        "max_concurrent_calls",
+        "retry_on_connection_error",
+        "breaker_failures",
+        "breaker_cooldown_seconds",
     }
 )
+_CACHE = frozenset({"backend", "ttl_seconds", "negative_ttl_seconds", "max_entries", "url", "redis_timeout_seconds"})
 _UPSTREAM = frozenset({"url", "connect_timeout_seconds", "read_timeout_seconds"})
 _ROUTE = frozenset(
     {
@@ -426,22 +464,78 @@ def _idp(c: _Checker, node: Any, needed: bool) -> IdPConfig | None:
     if node is None:
         c.fail("idp", "is required because a route needs authentication")
     issuer = c.url(c.required_string(m, "issuer", "idp") or None, "idp.issuer")
-    client_id = c.env.get("ZITADEL_CLIENT_ID") or c.env.get("CLIENT_ID") or ""
-    secret = c.env.get("ZITADEL_CLIENT_SECRET") or c.env.get("CLIENT_SECRET") or ""
+    client_key = _client_key(c, c.env.get("ZITADEL_KEY_FILE"))
+    client_id = c.env.get("ZITADEL_CLIENT_ID") or c.env.get("CLIENT_ID") or (client_key.client_id if client_key else "")
+    secret = "" if client_key else c.env.get("ZITADEL_CLIENT_SECRET") or c.env.get("CLIENT_SECRET") or ""
     if not client_id:
         c.fail("idp", "ZITADEL_CLIENT_ID is not set in the environment or the .env file")
-    if not secret:
-        c.fail("idp", "ZITADEL_CLIENT_SECRET is not set in the environment or the .env file")
+    if not secret and client_key is None:
+        c.fail("idp", "ZITADEL_CLIENT_SECRET (or ZITADEL_KEY_FILE) is not set in the environment or the .env file")
+    if client_key is not None and client_id != client_key.client_id:
+        c.fail("idp", "ZITADEL_CLIENT_ID differs from the clientId in ZITADEL_KEY_FILE")
     return IdPConfig(
         issuer=issuer or "",
         client_id=client_id,
         client_secret=secret,
+        client_key=client_key,
+        max_concurrent_calls=c.integer(m, "max_concurrent_calls", "idp", 64, 1, 10_000),
+        retry_on_connection_error=c.boolean(m, "retry_on_connection_error", "idp", True),
+        breaker_failures=c.integer(m, "breaker_failures", "idp", 5, 0, 1_000_000),
+        breaker_cooldown=c.number(m, "breaker_cooldown_seconds", "idp", 5.0),
         introspection_endpoint=c.url(c.string(m, "introspection_endpoint", "idp"), "idp.introspection_endpoint"),
         connect_url=c.url(c.string(m, "connect_url", "idp"), "idp.connect_url"),
         project_id=c.string(m, "project_id", "idp"),
         clock_leeway=c.number(m, "clock_leeway_seconds", "idp", 30.0),
         timeout=c.number(m, "timeout_seconds", "idp", 5.0, minimum=0.1),
         discovery_attempts=c.integer(m, "discovery_attempts", "idp", 5, 1, 100),
+    )
+
+
+def _client_key(c: _Checker, path: str | None) -> ClientKey | None:
+    """Read ZITADEL's application key file (`{"type":"application","keyId","key","appId","clientId"}`)."""
+    if not path:
+        return None
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        c.fail("idp", f"ZITADEL_KEY_FILE {path}: cannot read: {exc.strerror}")
+        return None
+    except ValueError:
+        c.fail("idp", f"ZITADEL_KEY_FILE {path}: not JSON")
+        return None
+    fields = [document.get(k) if isinstance(document, dict) else None for k in ("keyId", "clientId", "key")]
+    if not all(isinstance(v, str) and v for v in fields):
+        c.fail("idp", f"ZITADEL_KEY_FILE {path}: expected ZITADEL's application key with keyId, clientId and key")
+        return None
+    key_id, client_id, pem = (str(v) for v in fields)
+    try:
+        usable = isinstance(load_pem_private_key(pem.encode(), password=None), RSAPrivateKey)
+    except (ValueError, TypeError):
+        usable = False
+    if not usable:
+        c.fail("idp", f"ZITADEL_KEY_FILE {path}: 'key' is not an unencrypted PEM RSA private key")
+        return None
+    return ClientKey(key_id=key_id, client_id=client_id, private_key=pem)
+
+
+def _cache(c: _Checker, node: Any) -> CacheConfig:
+    m = c.mapping(node, "cache", _CACHE)
+    backend = c.string(m, "backend", "cache", "memory") or "memory"
+    if backend not in ("memory", "redis"):
+        c.fail("cache.backend", f"expected memory or redis, got {backend!r}")
+    url = c.string(m, "url", "cache")
+    if backend == "redis":
+        if not url:
+            c.fail("cache.url", "is required with backend redis (e.g. redis://127.0.0.1:6379/0)")
+        elif urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+            c.fail("cache.url", "expected a redis://, rediss:// or unix:// URL")
+    return CacheConfig(
+        backend=backend,
+        ttl=c.number(m, "ttl_seconds", "cache", 60.0),
+        negative_ttl=c.number(m, "negative_ttl_seconds", "cache", 10.0),
+        max_entries=c.integer(m, "max_entries", "cache", 100_000, 1, 100_000_000),
+        url=url if backend == "redis" else None,
+        redis_timeout=c.number(m, "redis_timeout_seconds", "cache", 0.25, minimum=0.01),
     )
 
 
@@ -609,6 +703,8 @@ def parse_config(document: Any, *, source: str, env: Mapping[str, str]) -> Confi
     grace = c.number(doc, "shutdown_grace_seconds", "", 30.0) if isinstance(doc, dict) else 30.0
     limits = _limits(c, doc.get("limits"))
     trusted = _trusted_proxies(c, doc.get("trusted_proxies"))
+    cache = _cache(c, doc.get("cache"))
+    workers = c.integer(doc, "workers", "", 1, 1, 256)
     if c.problems:
         raise ConfigError(c.problems)
     return Config(
@@ -623,6 +719,8 @@ def parse_config(document: Any, *, source: str, env: Mapping[str, str]) -> Confi
         shutdown_grace=grace,
         limits=limits,
         trusted_proxies=trusted,
+        cache=cache,
+        workers=workers,
     )
 
 

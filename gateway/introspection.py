@@ -7,7 +7,6 @@ client authentication, one POST per call, and the mapping of every IdP failure t
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import math
@@ -15,15 +14,18 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import quote_plus
 
 import aiohttp
 
+from .breaker import CircuitBreaker
+from .client_auth import ClientAuth, JwtProfile, SecretBasic, basic_authorization
 from .config import IdPConfig
 from .errors import IdPUnavailable, InvalidToken
 from .metrics import Metrics
 
 log = logging.getLogger("gateway.introspection")
+
+__all__ = ["Authenticator", "Introspector", "Principal", "basic_authorization", "parse_introspection"]
 
 ROLES_CLAIM = "urn:zitadel:iam:org:project:roles"
 ORG_ID_CLAIM = "urn:zitadel:iam:user:resourceowner:id"
@@ -114,17 +116,16 @@ def parse_introspection(body: Any, *, issuer: str, project_id: str | None, now: 
     )
 
 
-def basic_authorization(client_id: str, secret: str) -> str:
-    """RFC 6749 §2.3.1: form-urlencode both parts before base64 (ZITADEL client ids contain '@').
-
-    aiohttp.BasicAuth does not encode them, hence this.
-    """
-    raw = f"{quote_plus(client_id)}:{quote_plus(secret)}".encode()
-    return "Basic " + base64.b64encode(raw).decode("ascii")
+class ConnectionFailed(IdPUnavailable):
+    """The connection to the IdP failed before an answer (refused, reset, a stale keep-alive): worth one retry."""
 
 
 class Introspector:
-    """Calls the introspection endpoint. One instance per app, sharing the app's IdP ClientSession."""
+    """Calls the introspection endpoint. One instance per app, sharing the app's IdP ClientSession.
+
+    Calls are bounded (a semaphore), each has one total deadline (waiting for the semaphore, the call and its
+    one quick retry on a connection error), and a circuit breaker answers 503 at once while the IdP is failing.
+    """
 
     def __init__(self, config: IdPConfig, session: aiohttp.ClientSession, metrics: Metrics) -> None:
         self._config = config
@@ -133,10 +134,17 @@ class Introspector:
         self._endpoint: str | None = (
             config.connect(config.introspection_endpoint) if config.introspection_endpoint else None
         )
-        self._authorization = basic_authorization(config.client_id, config.client_secret)
+        self._client_auth: ClientAuth = (
+            JwtProfile(config.client_key, config.issuer)
+            if config.client_key is not None
+            else SecretBasic(config.client_id, config.client_secret)
+        )
         self._discovery_lock = asyncio.Lock()
         self._last_discovery = -math.inf
         self._timeout = aiohttp.ClientTimeout(total=config.timeout)
+        self._calls = asyncio.Semaphore(config.max_concurrent_calls)
+        self.breaker = CircuitBreaker(config.breaker_failures, config.breaker_cooldown)
+        self._outcomes = {o: metrics.introspections.labels(o) for o in ("active", "inactive", "error", "breaker_open")}
 
     @property
     def ready(self) -> bool:
@@ -189,7 +197,44 @@ class Introspector:
         return self._endpoint
 
     async def authenticate(self, token: str) -> Principal:
-        endpoint = await self._ensure_endpoint()
+        if not self.breaker.allow():
+            self._outcomes["breaker_open"].inc()
+            raise IdPUnavailable()
+        settled = False
+        try:
+            try:
+                async with asyncio.timeout(self._config.timeout):
+                    async with self._calls:
+                        principal = await self._call(await self._ensure_endpoint(), token)
+            except TimeoutError as exc:  # the total deadline, semaphore wait included
+                log.warning("introspection timed out after %.1fs", self._config.timeout)
+                raise IdPUnavailable() from exc
+        except InvalidToken:
+            settled = True
+            self.breaker.success()  # the IdP answered
+            raise
+        except IdPUnavailable:
+            settled = True
+            self.breaker.failure()
+            if self.breaker.is_open:
+                log.warning("introspection failing: answering 503 for %.0fs", self._config.breaker_cooldown)
+            raise
+        finally:
+            if not settled:
+                self.breaker.abandon()
+        self.breaker.success()
+        return principal
+
+    async def _call(self, endpoint: str, token: str) -> Principal:
+        """One call, and one quick retry when the connection failed before any answer."""
+        try:
+            return await self._timed(endpoint, token)
+        except ConnectionFailed:
+            if not self._config.retry_on_connection_error:
+                raise
+        return await self._timed(endpoint, token)
+
+    async def _timed(self, endpoint: str, token: str) -> Principal:
         started = time.perf_counter()
         outcome = "error"
         try:
@@ -200,12 +245,13 @@ class Introspector:
             outcome = "inactive"
             raise
         finally:
-            self._metrics.introspections.labels(outcome).inc()
+            self._outcomes[outcome].inc()
             self._metrics.introspection_seconds.observe(time.perf_counter() - started)
 
     async def _introspect(self, endpoint: str, token: str) -> Principal:
         form = {"token": token, "token_type_hint": "access_token"}
-        headers = {**self._headers(), "Authorization": self._authorization}
+        headers = self._headers()
+        self._client_auth.apply(form, headers)
         try:
             async with self._session.post(endpoint, data=form, headers=headers, timeout=self._timeout) as resp:
                 status = resp.status
@@ -214,6 +260,9 @@ class Introspector:
         except TimeoutError as exc:
             log.warning("introspection timed out after %.1fs", self._config.timeout)
             raise IdPUnavailable() from exc
+        except aiohttp.ClientConnectionError as exc:
+            log.warning("introspection connection failed: %s", type(exc).__name__)
+            raise ConnectionFailed() from exc
         except aiohttp.ClientError as exc:
             log.warning("introspection failed: %s", type(exc).__name__)
             raise IdPUnavailable() from exc
@@ -221,7 +270,8 @@ class Introspector:
             if status in (400, 401):
                 log.error(
                     "ZITADEL refused the gateway's client credentials (HTTP %d): check ZITADEL_CLIENT_ID and "
-                    "ZITADEL_CLIENT_SECRET (an API application with authentication method Basic)",
+                    "ZITADEL_CLIENT_SECRET (an API application with authentication method Basic), or "
+                    "ZITADEL_KEY_FILE (authentication method Private Key JWT)",
                     status,
                 )
             else:

@@ -38,3 +38,20 @@ class Metrics:
             "gateway_introspection_cache", "Introspection cache lookups by result", ["result"], registry=r
         )
         self.reloads = Counter("gateway_config_reloads", "Config reloads by result", ["result"], registry=r)
+        # labels() costs a lock and a tuple build per call; the hot path keeps the children it has resolved.
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._upstream_children: dict[str, Histogram] = {}
+
+    def request_done(self, route: str, decision: str, status: int, seconds: float) -> None:
+        children = self._request_children.get((route, decision, status))
+        if children is None:
+            children = (self.requests.labels(route, decision, str(status)), self.request_seconds.labels(route))
+            self._request_children[(route, decision, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def upstream_done(self, upstream: str, seconds: float) -> None:
+        child = self._upstream_children.get(upstream)
+        if child is None:
+            child = self._upstream_children[upstream] = self.upstream_seconds.labels(upstream)
+        child.observe(seconds)

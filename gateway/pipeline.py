@@ -6,9 +6,12 @@ canonical path -> match a route -> authenticate -> authorize -> mutate headers -
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import aiohttp
 from aiohttp import web
@@ -35,6 +38,38 @@ from .proxy import forward, upstream_url
 from .rules import Access, PathError, Route, canonical_path, missing_roles, resolve_route
 
 access_log = logging.getLogger("gateway.access")
+_NO_IDENTITY: Mapping[str, str] = MappingProxyType({})
+
+
+class RouteMemo:
+    """(method, raw path) -> (canonical path, route), remembered: both are pure functions of one config.
+
+    Bounded (cleared when full; long paths are never kept), so random paths cannot grow memory. Refused paths
+    (PathError) are not remembered: they raise every time.
+    """
+
+    __slots__ = ("_memo", "_routes")
+
+    MAX_ENTRIES = 4096
+    MAX_PATH = 256
+
+    def __init__(self, routes: tuple[Route, ...]) -> None:
+        self._routes = routes
+        self._memo: dict[tuple[str, str], tuple[str, Route | None]] = {}
+
+    def resolve(self, method: str, raw_path: str) -> tuple[str, Route | None]:
+        key = (method, raw_path)
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
+        path = canonical_path(raw_path)
+        resolved = (path, resolve_route(self._routes, method, path))
+        if len(raw_path) <= self.MAX_PATH:
+            if len(self._memo) >= self.MAX_ENTRIES:
+                self._memo.clear()
+            self._memo[key] = resolved
+        return resolved
+
 
 REQUEST_ID = web.RequestKey("request_id", str)
 CORS_ORIGIN = web.RequestKey("cors_origin", str)  # an allowed Origin, echoed on the answer by the app's hook
@@ -53,6 +88,10 @@ class Runtime:
     upstream_session: aiohttp.ClientSession
     metrics: Metrics
     introspector: Introspector | None = None  # for readiness: has the IdP's discovery document been fetched?
+    routing: RouteMemo = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "routing", RouteMemo(self.config.routes))
 
 
 @dataclass(slots=True)
@@ -75,8 +114,8 @@ def route_for(runtime: Runtime, method: str, raw_target: str) -> tuple[str, str 
     try:
         if query is not None and "#" in query:
             raise PathError("a fragment in the request target")  # never sent by a browser; an attack if sent
-        path = canonical_path(raw_path)
-        return path, query, resolve_route(runtime.config.routes, method, path)
+        path, route = runtime.routing.resolve(method, raw_path)
+        return path, query, route
     except PathError as exc:
         raise BadRequest(f"the request path is not acceptable: {exc}") from exc
 
@@ -187,7 +226,7 @@ async def _handle(runtime: Runtime, request: web.Request, started: float, trace:
         if route.cors is not None and origin is not None and route.cors.allows_origin(origin):
             request[CORS_ORIGIN] = origin  # also on 401/403, so the browser lets the page read why
         body = guard_body(config.limits, route, request)
-        identity: dict[str, str] = {}
+        identity: Mapping[str, str] = _NO_IDENTITY
         token: str | None = None
         if route.policy.access is not Access.PUBLIC:
             token, query = credentials(route, config.limits, request, query)
@@ -196,13 +235,7 @@ async def _handle(runtime: Runtime, request: web.Request, started: float, trace:
             lacking = missing_roles(route.policy, principal.roles)
             if lacking is not None:
                 raise InsufficientScope(f"this route requires the role {lacking}", required=lacking)
-            identity = identity_headers(
-                subject=principal.subject,
-                username=principal.username,
-                roles=principal.roles,
-                client_id=principal.client_id,
-                org_id=principal.org_id,
-            )
+            identity = _identity(principal)
         upstream = config.upstreams[route.upstream]
         headers = upstream_request_headers(
             request.headers,
@@ -250,6 +283,20 @@ def _milliseconds(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
+@functools.lru_cache(maxsize=4096)
+def _identity(principal: Principal) -> Mapping[str, str]:
+    """The identity headers of a principal, built once per cached principal; read-only, as it is shared."""
+    return MappingProxyType(
+        identity_headers(
+            subject=principal.subject,
+            username=principal.username,
+            roles=principal.roles,
+            client_id=principal.client_id,
+            org_id=principal.org_id,
+        )
+    )
+
+
 def _record(
     runtime: Runtime,
     request: web.Request,
@@ -265,8 +312,7 @@ def _record(
     """The one decision log line (JSON or text, per `logging.format`) and the request metrics. Never the token."""
     elapsed = time.perf_counter() - started
     route_label = route.id if route else "-"
-    runtime.metrics.requests.labels(route_label, decision, str(status)).inc()
-    runtime.metrics.request_seconds.labels(route_label).observe(elapsed)
+    runtime.metrics.request_done(route_label, decision, status, elapsed)
     fields = {
         "request_id": trace.request_id,
         "method": request.method,

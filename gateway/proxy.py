@@ -9,6 +9,7 @@ truncated body can never look complete.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -37,6 +38,11 @@ def upstream_url(upstream: Upstream, path: str, query: str | None) -> URL:
     return URL(target, encoded=True)
 
 
+@functools.cache
+def _timeout(upstream: Upstream) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=None, sock_connect=upstream.connect_timeout, sock_read=upstream.read_timeout)
+
+
 async def forward(
     request: web.Request,
     session: aiohttp.ClientSession,
@@ -47,7 +53,6 @@ async def forward(
     body: AsyncIterator[bytes] | None = None,
 ) -> web.StreamResponse:
     """`body`: what to send as the request body (the pipeline's size- and time-bounded view of the client's)."""
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=upstream.connect_timeout, sock_read=upstream.read_timeout)
     started = time.perf_counter()
     try:
         async with session.request(
@@ -56,9 +61,9 @@ async def forward(
             headers=headers,
             data=body,
             allow_redirects=False,
-            timeout=timeout,
+            timeout=_timeout(upstream),
         ) as upstream_response:
-            metrics.upstream_seconds.labels(upstream.name).observe(time.perf_counter() - started)
+            metrics.upstream_done(upstream.name, time.perf_counter() - started)
             return await _relay(request, upstream_response)
     except TimeoutError as exc:
         raise UpstreamTimeout() from exc

@@ -27,8 +27,9 @@ from typing import Protocol
 
 import aiohttp
 
+from .cache import CachingAuthenticator, SharedStore, cache_key_prefix
 from .config import Config, ConfigError, load_config, read_environment
-from .introspection import Introspector
+from .introspection import Authenticator, Introspector
 from .metrics import Metrics
 from .pipeline import Runtime
 
@@ -64,28 +65,42 @@ def _digest(path: Path) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Sessions:
-    """The app's two pools, shared by every config the app ever serves."""
+    """The app's pools, shared by every config the app ever serves: sessions, and the shared cache (Redis)."""
 
     upstream: aiohttp.ClientSession
     idp: aiohttp.ClientSession
+    shared: SharedStore | None = None
 
 
 def build_runtime(config: Config, sessions: Sessions, metrics: Metrics, previous: Runtime | None = None) -> Runtime:
-    """A Runtime for `config`, keeping the previous Introspector (and what it discovered) if `idp` is unchanged."""
+    """A Runtime for `config`, keeping the previous Introspector (and what it discovered) if `idp` is unchanged,
+    and the previous cache (warm) if neither `idp` nor `cache` changed: a cached answer belongs to one IdP."""
     introspector: Introspector | None
+    authenticator: Authenticator | None
     if config.idp is None:
-        introspector = None
+        introspector = authenticator = None
     elif previous is not None and previous.introspector is not None and previous.config.idp == config.idp:
         introspector = previous.introspector
+        if previous.config.cache == config.cache:
+            authenticator = previous.authenticator
+        else:
+            authenticator = _cached(introspector, config, sessions, metrics)
     else:
         introspector = Introspector(config.idp, sessions.idp, metrics)
+        authenticator = _cached(introspector, config, sessions, metrics)
     return Runtime(
         config=config,
-        authenticator=introspector,
+        authenticator=authenticator,
         upstream_session=sessions.upstream,
         metrics=metrics,
         introspector=introspector,
     )
+
+
+def _cached(introspector: Introspector, config: Config, sessions: Sessions, metrics: Metrics) -> Authenticator:
+    assert config.idp is not None
+    prefix = cache_key_prefix(config.idp.issuer, config.idp.client_id, config.idp.project_id)
+    return CachingAuthenticator(introspector, config.cache, metrics, key_prefix=prefix, shared=sessions.shared)
 
 
 class Slot(Protocol):
@@ -133,9 +148,11 @@ class Reloader:
                 await new.introspector.discover(attempts=1)
             self._slot.current = new  # the one atomic step: new requests see the new config from here on
             self._metrics.reloads.labels("ok").inc()
-            for section in ("listen", "admin", "shutdown_grace"):
+            for section in ("listen", "admin", "shutdown_grace", "workers"):
                 if getattr(old.config, section) != getattr(config, section):
                     log.warning("config reload: %s changed; it applies at the next restart", section)
+            if old.config.cache.url != config.cache.url:
+                log.warning("config reload: cache.url changed; the shared cache moves at the next restart")
             if self._on_applied is not None:
                 self._on_applied(config)
             log.info("config reloaded from %s: %d routes", config.source, len(config.routes))

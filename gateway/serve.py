@@ -27,8 +27,14 @@ log = logging.getLogger("gateway")
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-async def serve(config: Config, source: ConfigSource, *, reuse_port: bool = False) -> None:
-    """Serve until SIGTERM/SIGINT, then drain and return. `reuse_port` lets sibling workers share the ports."""
+async def serve(config: Config, source: ConfigSource, *, worker: int | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then drain and return.
+
+    `worker`: this process's index among `workers: N` siblings. They share the proxy port (SO_REUSEPORT); each
+    has an admin listener of its own on admin.port + index, since each has its own metrics.
+    """
+    reuse_port = worker is not None
+    admin_port = config.admin.port + (worker or 0)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     app = build_app(config, source=source, on_reload=_apply_logging)
@@ -41,7 +47,7 @@ async def serve(config: Config, source: ConfigSource, *, reuse_port: bool = Fals
         await CappedSite(
             proxy, config.listen.host, config.listen.port, config.limits, reuse_port=reuse_port or None
         ).start()
-        await web.TCPSite(admin, config.admin.host, config.admin.port, reuse_port=reuse_port or None).start()
+        await web.TCPSite(admin, config.admin.host, admin_port).start()
         for sig in _STOP_SIGNALS:
             loop.add_signal_handler(sig, _stopper(stop, sig))
             handled.append(sig)
@@ -52,7 +58,7 @@ async def serve(config: Config, source: ConfigSource, *, reuse_port: bool = Fals
             config.listen.host,
             config.listen.port,
             config.admin.host,
-            config.admin.port,
+            admin_port,
             extra={FIELDS: {"config": effective_config(config)}},
         )
         await stop.wait()

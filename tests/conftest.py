@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import socket
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -50,11 +53,13 @@ def upstream_url(upstream_server: tuple[RecordingUpstream, TestServer]) -> str:
 def make_gateway(idp: FakeIdP, upstream_url: str, aiohttp_client: AiohttpClient) -> GatewayFactory:
     """Start a gateway on a free port against the test IdP and upstream; wait until discovery is done."""
 
-    async def make(routes: list[dict[str, Any]] | None = None, **overrides: Any) -> TestClient[Any, Any]:
+    async def make(
+        routes: list[dict[str, Any]] | None = None, *, env: dict[str, str] | None = None, **overrides: Any
+    ) -> TestClient[Any, Any]:
         document = gateway_document(issuer=idp.issuer, upstream_url=upstream_url, routes=routes)
         for key, value in overrides.items():
             document[key] = {**document.get(key, {}), **value} if isinstance(value, dict) else value
-        config = parse_config(document, source="test.yaml", env=ENV)
+        config = parse_config(document, source="test.yaml", env=ENV if env is None else env)
         client = await aiohttp_client(build_app(config))
         if config.idp is not None:
             introspector = client.app[INTROSPECTOR]
@@ -70,3 +75,25 @@ def make_gateway(idp: FakeIdP, upstream_url: str, aiohttp_client: AiohttpClient)
 @pytest.fixture
 async def gateway(make_gateway: GatewayFactory) -> TestClient[Any, Any]:
     return await make_gateway()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real redis-server on a free port for the whole session (scripts/ensure-system-packages.sh installs it)."""
+    port = free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(200):
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if server.poll() is not None:
+                raise RuntimeError("redis-server exited at start")
+            time.sleep(0.025)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

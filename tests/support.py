@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
+import os
 import socket
-from collections.abc import Awaitable, Callable
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import yaml
 from aiohttp import web
 
 from demo_backend.app import build_app as build_demo_app
@@ -44,9 +50,14 @@ class FakeIdP:
     delay: float = 0.0
     seen_forms: list[dict[str, str]] = field(default_factory=list)
     seen_hosts: list[str] = field(default_factory=list)
+    drops: int = 0  # drop this many introspection connections without an answer
+    in_flight: int = 0
+    max_in_flight: int = 0
+    settings: IdPSettings | None = None  # set by build_app; tests may change it (e.g. client_public_key)
 
     def build_app(self) -> web.Application:
         settings = IdPSettings(issuer=self.issuer, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, tokens=self.tokens)
+        self.settings = settings
         app = build_idp_app(settings)
 
         @web.middleware
@@ -58,22 +69,35 @@ class FakeIdP:
                 self.introspections += 1
                 form = await request.post()
                 self.seen_forms.append({k: str(v) for k, v in form.items()})
-            if self.delay:
-                await asyncio.sleep(self.delay)
-            if self.mode == "hang":
-                await asyncio.sleep(3600)
-            if self.mode.startswith("status:"):
-                return web.json_response({"error": "server_error"}, status=int(self.mode.split(":")[1]))
-            if self.mode == "html":
-                return web.Response(text="<html>oops</html>", content_type="text/html")
-            if self.mode == "garbage":
-                return web.Response(text="{not json", content_type="application/json")
-            if self.mode == "no-active":
-                return web.json_response({})
-            return await handler(request)
+                if self.drops > 0:
+                    self.drops -= 1
+                    assert request.transport is not None
+                    request.transport.abort()
+                    raise asyncio.CancelledError()
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                return await self._answer(request, handler)
+            finally:
+                self.in_flight -= 1
 
         app.middlewares.append(faults)
         return app
+
+    async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.mode == "hang":
+            await asyncio.sleep(3600)
+        if self.mode.startswith("status:"):
+            return web.json_response({"error": "server_error"}, status=int(self.mode.split(":")[1]))
+        if self.mode == "html":
+            return web.Response(text="<html>oops</html>", content_type="text/html")
+        if self.mode == "garbage":
+            return web.Response(text="{not json", content_type="application/json")
+        if self.mode == "no-active":
+            return web.json_response({})
+        return await handler(request)
 
 
 @dataclass
@@ -197,3 +221,42 @@ ENV = {"ZITADEL_CLIENT_ID": CLIENT_ID, "ZITADEL_CLIENT_SECRET": CLIENT_SECRET}
 
 def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
+
+
+@contextlib.asynccontextmanager
+async def gateway_process(
+    document: dict[str, Any], directory: Path, env: dict[str, str]
+) -> AsyncIterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Run `python -m gateway` as a real process on a free port; yield its base URL and process; stop it."""
+    port = free_port()
+    document = {**document, "listen": {"host": "127.0.0.1", "port": port}}
+    config = directory / f"gateway-{port}.yaml"
+    config.write_text(yaml.safe_dump(document), encoding="utf-8")
+    log = (directory / f"gateway-{port}.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "--config", str(config), "--env-file", os.devnull],
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        for _ in range(400):
+            if proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {proc.returncode}")
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.025)
+                continue
+            writer.close()
+            await writer.wait_closed()
+            break
+        yield f"http://127.0.0.1:{port}", proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()

@@ -104,7 +104,10 @@ def test_every_problem_is_reported_at_once() -> None:
 def test_missing_credentials_are_named() -> None:
     found = problems(doc(), env={"ZITADEL_DOMAIN": "https://z"})
     assert "c.yaml: idp: ZITADEL_CLIENT_ID is not set in the environment or the .env file" in found
-    assert "c.yaml: idp: ZITADEL_CLIENT_SECRET is not set in the environment or the .env file" in found
+    assert (
+        "c.yaml: idp: ZITADEL_CLIENT_SECRET (or ZITADEL_KEY_FILE) is not set in the environment or the .env file"
+        in found
+    )
 
 
 def test_seed_names_are_fallbacks() -> None:

@@ -66,8 +66,8 @@ async def test_discovery_is_retried_when_the_idp_comes_up_late(make_gateway: Gat
     client = await make_gateway(idp={"discovery_attempts": 1})
     assert (await client.get("/api/private", headers=READER)).status == 503
     idp.mode = "ok"
-    # Discovery is retried on demand, at most once every two seconds.
-    for _ in range(40):
+    # Discovery is retried on demand, at most once every two seconds (and not while the breaker is open).
+    for _ in range(150):
         resp = await client.get("/api/private", headers=READER)
         if resp.status == 200:
             break

@@ -8,6 +8,7 @@ from aiohttp.test_utils import TestClient
 
 from demo_backend.app import PRIVATE, PRIVATE_SCOPED, PUBLIC
 
+from .conftest import GatewayFactory
 from .support import FakeIdP
 
 Client = TestClient[Any, Any]
@@ -48,8 +49,12 @@ async def test_private_scoped_without_role_is_403(gateway: Client) -> None:
     }
 
 
-async def test_role_removed_in_zitadel_takes_effect(gateway: Client, idp: FakeIdP) -> None:
-    """The seed's last step: remove the role from the service user, try again."""
+async def test_role_removed_in_zitadel_takes_effect(make_gateway: GatewayFactory, idp: FakeIdP) -> None:
+    """The seed's last step: remove the role from the service user, try again.
+
+    The introspection cache's TTL is the revocation delay; with positive caching off it takes effect at once.
+    """
+    gateway = await make_gateway(cache={"ttl_seconds": 0})
     headers = {"authorization": "Bearer demo-reader-token"}
     assert (await gateway.get("/api/private-scoped", headers=headers)).status == 200
     claims = idp.tokens["demo-reader-token"]
