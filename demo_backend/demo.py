@@ -19,9 +19,11 @@ ROOT = Path(__file__).resolve().parent.parent
 GATEWAY_PORT = int(os.environ.get("DEMO_GATEWAY_PORT", "5000"))
 BACKEND_PORT = int(os.environ.get("DEMO_BACKEND_PORT", "8081"))
 IDP_PORT = int(os.environ.get("DEMO_IDP_PORT", "8082"))
+ADMIN_PORT = int(os.environ.get("DEMO_ADMIN_PORT", "9091"))
 
 WALKTHROUGH = """\
-Gateway on http://127.0.0.1:{port} (demo backend :{backend}, offline ZITADEL stand-in :{idp}). Ctrl-C stops all.
+Gateway on http://127.0.0.1:{port} (demo backend :{backend}, offline ZITADEL stand-in :{idp},
+health and metrics on http://127.0.0.1:{admin}/metrics). Ctrl-C stops all.
 
 Demo tokens (stand-in only): demo-reader-token (role read:messages), demo-noroles-token (no role),
 demo-expired-token (inactive). Try the seed example's steps:
@@ -57,7 +59,7 @@ def _check_free(port: int) -> None:
 
 
 def main() -> int:
-    for port in (GATEWAY_PORT, BACKEND_PORT, IDP_PORT):
+    for port in (GATEWAY_PORT, BACKEND_PORT, IDP_PORT, ADMIN_PORT):
         _check_free(port)
     env = {
         **os.environ,
@@ -68,6 +70,8 @@ def main() -> int:
         "UPSTREAM_URL": f"http://127.0.0.1:{BACKEND_PORT}",
         "GATEWAY_HOST": "127.0.0.1",
         "GATEWAY_PORT": str(GATEWAY_PORT),
+        "ADMIN_HOST": "127.0.0.1",
+        "ADMIN_PORT": str(ADMIN_PORT),
         "LOG_FORMAT": os.environ.get("LOG_FORMAT", "text"),  # a person is watching this terminal
     }
     py = sys.executable
@@ -82,7 +86,7 @@ def main() -> int:
         for command, port in zip(commands, (IDP_PORT, BACKEND_PORT, GATEWAY_PORT), strict=True):
             procs.append(subprocess.Popen(command, cwd=ROOT, env=env))
             _wait_for_port(port, procs)
-        print(WALKTHROUGH.format(port=GATEWAY_PORT, backend=BACKEND_PORT, idp=IDP_PORT), flush=True)
+        print(WALKTHROUGH.format(port=GATEWAY_PORT, backend=BACKEND_PORT, idp=IDP_PORT, admin=ADMIN_PORT), flush=True)
         while all(proc.poll() is None for proc in procs):
             time.sleep(0.5)
         return 1

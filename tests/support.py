@@ -34,6 +34,20 @@ def free_port() -> int:
         return port
 
 
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive free ports (workers' admin listeners sit at admin.port + index)."""
+    for _ in range(100):
+        first = free_port()
+        try:
+            for offset in range(1, count):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", first + offset))
+        except OSError:
+            continue
+        return first
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
 @dataclass
 class FakeIdP:
     """ZITADEL's introspection as the demo stand-in answers it, plus a call counter and failure modes.
@@ -229,7 +243,8 @@ async def gateway_process(
 ) -> AsyncIterator[tuple[str, subprocess.Popen[bytes]]]:
     """Run `python -m gateway` as a real process on a free port; yield its base URL and process; stop it."""
     port = free_port()
-    document = {**document, "listen": {"host": "127.0.0.1", "port": port}}
+    admin = document.get("admin") or {"host": "127.0.0.1", "port": free_ports(int(document.get("workers", 1)))}
+    document = {**document, "listen": {"host": "127.0.0.1", "port": port}, "admin": admin}
     config = directory / f"gateway-{port}.yaml"
     config.write_text(yaml.safe_dump(document), encoding="utf-8")
     log = (directory / f"gateway-{port}.log").open("wb")

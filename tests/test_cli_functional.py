@@ -71,6 +71,7 @@ async def _stack() -> AsyncIterator[tuple[int, subprocess.Popen[bytes]]]:
         UPSTREAM_URL=f"http://127.0.0.1:{backend_port}",
         GATEWAY_HOST="127.0.0.1",
         GATEWAY_PORT=str(gateway_port),
+        ADMIN_PORT=str(free_port()),
     )
     with (
         _running(["-m", "demo_backend.idp", "--port", str(idp_port)], env) as idp,
@@ -145,7 +146,8 @@ def test_bad_config_exits_nonzero_naming_file_and_key_before_binding(tmp_path: P
 
 
 async def test_make_demo_orchestrator_serves_the_walkthrough_and_stops_on_ctrl_c() -> None:
-    ports = {name: free_port() for name in ("DEMO_GATEWAY_PORT", "DEMO_BACKEND_PORT", "DEMO_IDP_PORT")}
+    names = ("DEMO_GATEWAY_PORT", "DEMO_BACKEND_PORT", "DEMO_IDP_PORT", "DEMO_ADMIN_PORT")
+    ports = {name: free_port() for name in names}
     env = _env(**{k: str(v) for k, v in ports.items()})
     proc = subprocess.Popen(
         [sys.executable, "-m", "demo_backend.demo"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE

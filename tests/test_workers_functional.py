@@ -10,7 +10,7 @@ import aiohttp
 
 from demo_backend.app import PRIVATE_SCOPED
 
-from .support import ENV, FakeIdP, gateway_document, gateway_process
+from .support import ENV, FakeIdP, free_ports, gateway_document, gateway_process
 
 
 def children(pid: int) -> list[int]:
@@ -22,6 +22,8 @@ async def test_two_workers_share_the_port_and_stop_together(idp: FakeIdP, upstre
         issuer=idp.issuer, upstream_url=upstream_url, introspection_endpoint=idp.issuer + "/oauth/v2/introspect"
     )
     document["workers"] = 2
+    admin = free_ports(2)
+    document["admin"] = {"host": "127.0.0.1", "port": admin}
     async with gateway_process(document, tmp_path, ENV) as (url, proc), aiohttp.ClientSession() as client:
         for _ in range(100):  # both workers listening
             if len(children(proc.pid)) == 2:
@@ -35,6 +37,11 @@ async def test_two_workers_share_the_port_and_stop_together(idp: FakeIdP, upstre
                 assert resp.status == 200
                 assert await resp.read() == PRIVATE_SCOPED
         assert 1 <= idp.introspections <= 2  # one per worker at most: each has its own memory cache
+        # Each worker has its own admin listener (its metrics are its own), at admin.port + its index.
+        for port in (admin, admin + 1):
+            async with client.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                assert resp.status == 200
+                assert "gateway_requests_total" in await resp.text()
         proc.terminate()
         assert await asyncio.to_thread(proc.wait, 20) == 0
     for pid in workers:
