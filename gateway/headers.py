@@ -29,8 +29,30 @@ HOP_BY_HOP = frozenset(
     }
 )
 # Set by the gateway (or aiohttp's client) for the upstream hop; a client's values are never relayed.
-_REPLACED_ON_REQUEST = frozenset(
-    {"host", "expect", "forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip"}
+_REPLACED_ON_REQUEST = frozenset({"host", "expect", "forwarded"})
+# Every client-sent X-Forwarded-* (Prefix, Port, Scheme, Server, Ssl...: Spring and Werkzeug rebuild URLs from
+# them) goes; the gateway sets For, Proto and Host itself.
+_FORWARDED_PREFIX = "x-forwarded-"
+# Headers that make many frameworks act on another method or path than the one the gateway matched (method
+# override: Express, Laravel, Symfony; URL rewrite: IIS, older Symfony and Zend), or that IP allow-lists trust as the
+# client's address. A client never gets to set them.
+_REWRITES_AND_CLIENT_IPS = frozenset(
+    {
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "x-original-method",
+        "x-original-url",
+        "x-original-uri",
+        "x-rewrite-url",
+        "x-original-host",
+        "x-real-ip",
+        "true-client-ip",
+        "x-client-ip",
+        "x-cluster-client-ip",
+        "cf-connecting-ip",
+        "fastly-client-ip",
+    }
 )
 # aiohttp's server sets its own on every response.
 _REPLACED_ON_RESPONSE = frozenset({"server", "date"})
@@ -142,11 +164,11 @@ def upstream_request_headers(
     forwarded: ForwardedFor,
     pass_authorization: bool,
 ) -> CIMultiDict[str]:
-    drop = connection_tokens(client) | _REPLACED_ON_REQUEST
+    drop = connection_tokens(client) | _REPLACED_ON_REQUEST | _REWRITES_AND_CLIENT_IPS
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in client.items():
         norm = normalised_name(name)
-        if norm in drop or norm.startswith(IDENTITY_PREFIX):
+        if norm in drop or norm.startswith((IDENTITY_PREFIX, _FORWARDED_PREFIX)):
             continue
         if norm == "authorization" and not pass_authorization:
             continue
@@ -171,10 +193,13 @@ def downstream_response_headers(upstream: AnyHeaders) -> CIMultiDict[str]:
 
 
 def header_value(value: str) -> str:
-    """A claim value safe for a header: printable ASCII as is, anything else percent-encoded as UTF-8."""
-    if value.isascii() and value.isprintable():
+    """A claim value safe for a header: printable ASCII as is, anything else percent-encoded as UTF-8.
+
+    `%` and `,` are encoded too, so that a decoded value is unambiguous and a role can never split X-Auth-Roles.
+    """
+    if value.isascii() and value.isprintable() and "%" not in value and "," not in value:
         return value
-    return quote(value, safe=" !#$&'()*+,/:;=?@[]^`{|}~\"<>\\")
+    return quote(value, safe=" !#$&'()*+/:;=?@[]^`{|}~\"<>\\")
 
 
 def identity_headers(
