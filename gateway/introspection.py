@@ -64,9 +64,12 @@ def _number(body: Mapping[str, Any], claim: str) -> float | None:
     value = body.get(claim)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise MalformedAnswer(f"introspection claim {claim!r} is not a number")
-    return float(value)
+    try:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise MalformedAnswer(f"introspection claim {claim!r} is not a number")
+        return float(value)
+    except OverflowError as exc:  # an integer too large for a float: no real timestamp
+        raise MalformedAnswer(f"introspection claim {claim!r} is out of range") from exc
 
 
 def _text(body: Mapping[str, Any], claim: str) -> str | None:

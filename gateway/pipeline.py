@@ -231,10 +231,11 @@ async def _handle(runtime: Runtime, request: web.Request, started: float, trace:
         if route.policy.access is not Access.PUBLIC:
             token, query = credentials(route, config.limits, request, query)
             principal = await authenticate(runtime, token, trace)
-            await refuse_form_token(request, body)
             lacking = missing_roles(route.policy, principal.roles)
             if lacking is not None:
                 raise InsufficientScope(f"this route requires the role {lacking}", required=lacking)
+            # Only for a caller already allowed in: nobody else can make the gateway read a body.
+            await refuse_form_token(request, body)
             identity = _identity(principal)
         upstream = config.upstreams[route.upstream]
         headers = upstream_request_headers(

@@ -157,6 +157,17 @@ async def test_form_body_is_not_read_for_an_invalid_token(
     assert upstream.seen == []
 
 
+async def test_form_body_is_not_read_for_a_token_without_the_role(
+    make_gateway: GatewayFactory, upstream: RecordingUpstream
+) -> None:
+    gateway = await make_gateway(routes=[{"path": "/admin", "roles": {"any_of": ["admin"]}}])
+    resp = await gateway.post(
+        "/admin", headers={"Authorization": "Bearer demo-noroles-token"}, data={"access_token": "other-token"}
+    )
+    assert resp.status == 403  # decided before the body is looked at (a 400 would mean it was read)
+    assert upstream.seen == []
+
+
 async def test_form_body_without_token_is_forwarded_intact(
     make_gateway: GatewayFactory, upstream: RecordingUpstream
 ) -> None:
