@@ -40,7 +40,13 @@ def upstream_url(upstream: Upstream, path: str, query: str | None) -> URL:
 
 @functools.cache
 def _timeout(upstream: Upstream) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=None, sock_connect=upstream.connect_timeout, sock_read=upstream.read_timeout)
+    # `connect` bounds the wait for a pooled connection too, so a full pool answers 504 instead of hanging.
+    return aiohttp.ClientTimeout(
+        total=None,
+        connect=upstream.connect_timeout,
+        sock_connect=upstream.connect_timeout,
+        sock_read=upstream.read_timeout,
+    )
 
 
 async def forward(
@@ -64,7 +70,7 @@ async def forward(
             timeout=_timeout(upstream),
         ) as upstream_response:
             metrics.upstream_done(upstream.name, time.perf_counter() - started)
-            return await _relay(request, upstream_response)
+            return await _relay(request, upstream_response, upstream.read_timeout)
     except TimeoutError as exc:
         raise UpstreamTimeout() from exc
     except aiohttp.ClientError as exc:
@@ -72,7 +78,8 @@ async def forward(
         raise UpstreamUnavailable() from exc
 
 
-async def _relay(request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+async def _relay(request: web.Request, upstream: aiohttp.ClientResponse, stall: float) -> web.StreamResponse:
+    """`stall`: the longest a streamed write may wait for a client that stopped reading."""
     headers = downstream_response_headers(upstream.headers)
     length = upstream.content_length
     no_body = request.method == "HEAD" or upstream.status in _NO_BODY_STATUS
@@ -87,10 +94,12 @@ async def _relay(request: web.Request, upstream: aiohttp.ClientResponse) -> web.
     await response.prepare(request)
     try:
         async for chunk in upstream.content.iter_any():
-            await response.write(chunk)
+            # A client that stops reading would otherwise hold this upstream connection for ever.
+            async with asyncio.timeout(stall):
+                await response.write(chunk)
     except (aiohttp.ClientError, TimeoutError) as exc:
         # The status line is gone already: the only honest signal left is to cut the connection.
-        log.warning("upstream body interrupted: %s", type(exc).__name__)
+        log.warning("streamed body interrupted: %s", type(exc).__name__)
         if request.transport is not None:
             request.transport.abort()
         raise asyncio.CancelledError() from exc

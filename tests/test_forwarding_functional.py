@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
+import socket
 from typing import Any
 
 import aiohttp
@@ -180,3 +182,25 @@ async def test_upstream_body_cut_midway_is_not_passed_off_as_complete(gateway: C
         return
     assert len(body) < 1 << 20
     raise AssertionError("a truncated body was delivered without an error")
+
+
+async def test_a_client_that_stops_reading_is_cut_off(make_gateway: GatewayFactory, upstream_url: str) -> None:
+    """A stalled reader must not hold an upstream connection for ever: each streamed write is bounded."""
+    client = await make_gateway(upstreams={"default": {"url": upstream_url, "read_timeout_seconds": 0.3}})
+    size = 300 * 1024 * 1024
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, ("127.0.0.1", client.port or 0))
+    await loop.sock_sendall(sock, f"GET /open/big?n={size} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    await asyncio.sleep(1.5)  # read nothing for five times the stall bound
+    received = 0
+    try:
+        while chunk := await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 10):
+            received += len(chunk)
+    except ConnectionResetError:
+        pass
+    finally:
+        sock.close()
+    assert received < size  # cut off, not the whole body once the reader came back
