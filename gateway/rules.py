@@ -77,6 +77,8 @@ def canonical_path(raw: str) -> str:
         raise PathError("the path does not decode to valid UTF-8") from exc
     if not text.isascii():
         _check_unicode(text)
+    if "::$" in text:
+        raise PathError("an NTFS stream name ('::$') in the path")
     joined = "".join(chars)
     # Checked on the output, so that `%25%34%31` cannot assemble the `%2541` a second decoder would reopen.
     if _DOUBLE_ENCODED.search(joined):
@@ -92,6 +94,11 @@ def _check_unicode(text: str) -> None:
             raise PathError("an invisible or control character in the path")
         if _STRUCTURAL & set(unicodedata.normalize("NFKC", ch)):
             raise PathError("a character that normalises to path punctuation")
+        # Kelvin sign -> 'k' (lower), long s -> 'S' (upper), fullwidth letters (NFKC): an upstream that folds or
+        # normalises would read another route's path than the one matched here.
+        for form in (unicodedata.normalize("NFKC", ch), ch.lower(), ch.upper(), ch.casefold()):
+            if any(c.isascii() for c in form):
+                raise PathError("a character that a server may read as an ASCII letter or digit")
 
 
 def _resolve_segments(path: str) -> str:

@@ -76,6 +76,13 @@ def test_canonical_forms(raw: str, canonical: str) -> None:
         "/open/%ef%bc%8e%ef%bc%8e/api/private",  # fullwidth '.' (NFKC gives '.')
         "/open/%ef%bc%8fapi",  # fullwidth '/'
         "/open/%e2%80%ae",  # right-to-left override
+        "/api/%E2%84%AAeys",  # Kelvin sign: lower() is 'k'
+        "/api/%EF%BD%8Beys",  # fullwidth 'k': NFKC is 'k'
+        "/api/%C5%BFecret",  # long s: upper() is 'S'
+        "/api/%C4%B1tems",  # dotless i: upper() is 'I'
+        "/api/%EF%AC%81le",  # 'fi' ligature: NFKC is 'fi'
+        "/stra%C3%9Fe",  # sharp s: upper() is "SS", casefold() "ss"
+        "/api/keys::$DATA",  # NTFS alternate data stream
         "/open/%ff",  # not UTF-8
         "/open/%",
         "/open/%4",
@@ -98,6 +105,11 @@ def test_canonical_forms(raw: str, canonical: str) -> None:
 def test_ambiguous_forms_are_rejected(raw: str) -> None:
     with pytest.raises(PathError):
         canonical_path(raw)
+
+
+@pytest.mark.parametrize("raw", ["/caf%C3%A9", "/%E6%97%A5%E6%9C%AC", "/%D0%BF%D1%83%D1%82%D1%8C"])
+def test_non_ascii_that_cannot_pass_for_ascii_is_fine(raw: str) -> None:
+    assert canonical_path(raw) == raw
 
 
 def _route(path: str, access: Access) -> Route:
