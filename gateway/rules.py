@@ -11,7 +11,7 @@ import re
 import string
 import unicodedata
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 _UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
 # RFC 3986 pchar minus ';' (servlet containers treat ';' as a path-parameter separator, so `/public;/../x`
@@ -253,7 +253,6 @@ class Route:
     upstream: str
     methods: frozenset[str] | None = None  # None: every method
     pass_authorization: bool = True
-    tags: tuple[str, ...] = field(default=())
     max_body_bytes: int | None = None  # None: the global limit
     allow_query_token: bool = False  # RFC 6750 §2.3 `access_token` in the query, for clients that cannot set headers
     cors: Cors | None = None
