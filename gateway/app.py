@@ -13,7 +13,7 @@ from aiohttp import http_parser, web
 
 from .cache import CachingAuthenticator
 from .config import Config, Limits
-from .errors import error_middleware
+from .errors import BadRequest, Handler, error_middleware
 from .introspection import Introspector
 from .metrics import Metrics
 from .pipeline import CORS_ORIGIN, REQUEST_ID, REQUEST_ID_HEADER, Runtime, handle
@@ -80,6 +80,20 @@ def handler_args(limits: Limits) -> dict[str, Any]:
     }
 
 
+@web.middleware
+async def origin_form_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """CONNECT and `OPTIONS *` are not for a reverse proxy: 400, and the connection is closed after the answer.
+
+    aiohttp's router never matches them (they would get a bare 404), and after a CONNECT head aiohttp reads what
+    follows as a new request whatever Content-Length said: closing keeps every hop's framing in step.
+    """
+    if request.method == "CONNECT" or request.raw_path == "*":
+        if request.protocol is not None:
+            request.protocol.close()
+        raise BadRequest("only origin-form request targets are accepted")
+    return await handler(request)
+
+
 def build_app(
     config: Config,
     metrics: Metrics | None = None,
@@ -90,7 +104,7 @@ def build_app(
     """`source`: where `config` was read from; given, the app reloads it on change and on RELOADER.trigger()."""
     if not native_parser():
         log.warning("aiohttp runs its pure-Python HTTP parser: install a wheel with the C extension")
-    app = web.Application(middlewares=[error_middleware], handler_args=handler_args(config.limits))
+    app = web.Application(middlewares=[error_middleware, origin_form_only], handler_args=handler_args(config.limits))
     app[METRICS] = metrics = metrics or Metrics()
 
     async def sessions(app: web.Application) -> AsyncIterator[None]:

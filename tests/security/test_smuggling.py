@@ -164,3 +164,23 @@ async def test_malformed_header_lines_never_reach_the_upstream(
     answer = await send(gateway.port, raw)
     assert answer.statuses[:1] == [400]
     assert upstream.seen == []
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+        (
+            b"CONNECT /x HTTP/1.1\r\nHost: t\r\nContent-Length: 48\r\n\r\n"
+            b"GET /open/smuggled HTTP/1.1\r\nHost: t\r\nX-A: b\r\n\r\n"
+        ),
+    ],
+)
+async def test_connect_and_asterisk_targets_are_400_and_close(
+    make_gateway: GatewayFactory, upstream: RecordingUpstream, data: bytes
+) -> None:
+    gateway = await make_gateway()
+    answer = await send(gateway.port, data)  # reads until the gateway closes the connection
+    assert answer.statuses == [400]  # one answer, then the connection is closed
+    assert upstream.seen == []
