@@ -18,10 +18,18 @@ from types import FrameType
 log = logging.getLogger("gateway")
 
 
+def _child(serve: Callable[[int], object], index: int) -> None:
+    # A forked child inherits the parent's Python signal handlers (which supervise *its* children): until the
+    # worker's event loop installs its own, a SIGTERM must simply stop it.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
+    serve(index)
+
+
 def run_workers(count: int, serve: Callable[[int], object]) -> int:
     """Fork `count` processes that each run `serve(index)` (binding with reuse_port=True); wait for them."""
     context = multiprocessing.get_context("fork")  # before any event loop exists, so forking is safe
-    workers = [context.Process(target=serve, args=(i,), name=f"gateway-worker-{i + 1}") for i in range(count)]
+    workers = [context.Process(target=_child, args=(serve, i), name=f"gateway-worker-{i + 1}") for i in range(count)]
     stopping = False
 
     def stop(signum: int, _: FrameType | None) -> None:

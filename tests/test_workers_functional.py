@@ -39,9 +39,16 @@ async def test_two_workers_share_the_port_and_stop_together(idp: FakeIdP, upstre
         assert 1 <= idp.introspections <= 2  # one per worker at most: each has its own memory cache
         # Each worker has its own admin listener (its metrics are its own), at admin.port + its index.
         for port in (admin, admin + 1):
-            async with client.get(f"http://127.0.0.1:{port}/metrics") as resp:
-                assert resp.status == 200
-                assert "gateway_requests_total" in await resp.text()
+            for _ in range(200):  # a worker's admin listener starts just after its proxy listener
+                try:
+                    async with client.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                        assert resp.status == 200
+                        assert "gateway_requests_total" in await resp.text()
+                        break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.05)
+            else:
+                raise AssertionError(f"no admin listener on {port}")
         proc.terminate()
         assert await asyncio.to_thread(proc.wait, 20) == 0
     for pid in workers:
