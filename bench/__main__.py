@@ -55,12 +55,15 @@ class Row:
     direct: WrkResult
     nginx: WrkResult
     gateway: WrkResult
+    others: list[tuple[str, WrkResult]]
 
 
 @contextmanager
-def process(args: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> Iterator[int]:
+def process(
+    args: list[str], port: int, log: Path, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> Iterator[int]:
     with log.open("ab") as out:
-        proc = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(args, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         wait_for_port(port, proc)
         yield proc.pid
@@ -93,13 +96,14 @@ def gateway_config(directory: Path, port: int, idp: int, backend: int, workers: 
 
 @contextmanager
 def gateway(
-    directory: Path, idp: int, backend: int, workers: int, extra: dict[str, Any] | None = None
+    directory: Path, idp: int, backend: int, workers: int, extra: dict[str, Any] | None = None, source: Path = ROOT
 ) -> Iterator[tuple[int, int]]:
+    """`source`: the checkout whose `gateway` package runs (another one for an A/B in the same run)."""
     port = free_port()
     config = gateway_config(directory, port, idp, backend, workers, extra or {})
     env = {**os.environ, "ZITADEL_CLIENT_ID": DEMO_CLIENT_ID, "ZITADEL_CLIENT_SECRET": DEMO_CLIENT_SECRET}
     args = [sys.executable, "-m", "gateway", "--config", str(config), "--env-file", os.devnull]
-    with process(args, port, directory / "gateway.log", env) as pid:
+    with process(args, port, directory / "gateway.log", env, cwd=source) as pid:
         time.sleep(0.5 * workers)  # every worker listening and done with discovery
         yield port, pid
 
@@ -164,6 +168,8 @@ def report(rows: list[Row], bursts: list[str], sprays: list[str], args: argparse
         w = f"{row.workers} worker{'s' if row.workers > 1 else ''}"
         lines.append(_row("direct (backend)", row.direct))
         lines.append(_row(f"nginx, {w}", row.nginx))
+        for label, result in row.others:
+            lines.append(_row(f"{label}, {w}", result, row.direct, row.nginx))
         lines.append(_row(f"gateway, {w}", row.gateway, row.direct, row.nginx))
     return "\n".join([*lines, "", *bursts, *sprays])
 
@@ -177,6 +183,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--burst", type=int, default=300)
     parser.add_argument("--spray", type=int, default=1_000_000, help="distinct bogus tokens (0: skip)")
     parser.add_argument("--write", action="store_true", help="record this run in docs/benchmarks.md")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        action="append",
+        default=[],
+        help="another checkout (e.g. `git archive main | tar -x -C DIR`) whose gateway is measured in the same run",
+    )
     parser.add_argument(
         "--only", choices=("all", "throughput"), default="all", help="throughput: the wrk table only (quick A/B)"
     )
@@ -203,9 +216,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 finally:
                     nginx.terminate()
                     nginx.wait(timeout=30)
+                others = []
+                for source in args.compare:
+                    with gateway(directory, idp, backend, workers, source=source.resolve()) as (port, _):
+                        others.append((source.name, run_wrk(port, args)))
                 with gateway(directory, idp, backend, workers) as (port, _):
                     via_gateway = run_wrk(port, args)
-                rows.append(Row(workers, direct, via_nginx, via_gateway))
+                rows.append(Row(workers, direct, via_nginx, via_gateway, others))
 
             bursts: list[str] = []
             sprays: list[str] = []
