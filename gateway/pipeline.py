@@ -182,6 +182,17 @@ def is_preflight(request: web.Request) -> bool:
     )
 
 
+def echo_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Before the headers go out, for streamed answers and error answers alike: our X-Request-Id, and the CORS
+    origin of a route that allows it."""
+    if REQUEST_ID in request:
+        response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
+    if CORS_ORIGIN in request:
+        # The route's CORS settings are the gateway's to apply; an upstream's own answer is replaced.
+        response.headers["Access-Control-Allow-Origin"] = request[CORS_ORIGIN]
+        response.headers.add("Vary", "Origin")
+
+
 def _client_request_id(request: web.Request) -> str | None:
     sent = request.headers.getall(REQUEST_ID_HEADER, [])
     return sent[0] if len(sent) == 1 else None
@@ -190,7 +201,7 @@ def _client_request_id(request: web.Request) -> str | None:
 async def handle(runtime: Runtime, request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     trace = Trace(request_id(_client_request_id(request)))
-    request[REQUEST_ID] = trace.request_id  # echoed to the client by the app's on_response_prepare hook
+    request[REQUEST_ID] = trace.request_id  # echoed to the client by echo_headers()
     runtime.metrics.in_flight.inc()
     try:
         return await _handle(runtime, request, started, trace)
@@ -260,6 +271,7 @@ async def _handle(runtime: Runtime, request: web.Request, started: float, trace:
                 headers,
                 runtime.metrics,
                 body=body.chunks() if body is not None else None,
+                before_prepare=functools.partial(echo_headers, request),
             )
         except GatewayError:
             if body is not None and body.error is not None:
