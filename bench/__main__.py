@@ -55,12 +55,15 @@ class Row:
     direct: WrkResult
     nginx: WrkResult
     gateway: WrkResult
+    others: list[tuple[str, WrkResult]]
 
 
 @contextmanager
-def process(args: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> Iterator[int]:
+def process(
+    args: list[str], port: int, log: Path, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> Iterator[int]:
     with log.open("ab") as out:
-        proc = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(args, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         wait_for_port(port, proc)
         yield proc.pid
@@ -93,13 +96,14 @@ def gateway_config(directory: Path, port: int, idp: int, backend: int, workers: 
 
 @contextmanager
 def gateway(
-    directory: Path, idp: int, backend: int, workers: int, extra: dict[str, Any] | None = None
+    directory: Path, idp: int, backend: int, workers: int, extra: dict[str, Any] | None = None, source: Path = ROOT
 ) -> Iterator[tuple[int, int]]:
+    """`source`: the checkout whose `gateway` package runs (another one for an A/B in the same run)."""
     port = free_port()
     config = gateway_config(directory, port, idp, backend, workers, extra or {})
     env = {**os.environ, "ZITADEL_CLIENT_ID": DEMO_CLIENT_ID, "ZITADEL_CLIENT_SECRET": DEMO_CLIENT_SECRET}
     args = [sys.executable, "-m", "gateway", "--config", str(config), "--env-file", os.devnull]
-    with process(args, port, directory / "gateway.log", env) as pid:
+    with process(args, port, directory / "gateway.log", env, cwd=source) as pid:
         time.sleep(0.5 * workers)  # every worker listening and done with discovery
         yield port, pid
 
@@ -164,6 +168,8 @@ def report(rows: list[Row], bursts: list[str], sprays: list[str], args: argparse
         w = f"{row.workers} worker{'s' if row.workers > 1 else ''}"
         lines.append(_row("direct (backend)", row.direct))
         lines.append(_row(f"nginx, {w}", row.nginx))
+        for label, result in row.others:
+            lines.append(_row(f"{label}, {w}", result, row.direct, row.nginx))
         lines.append(_row(f"gateway, {w}", row.gateway, row.direct, row.nginx))
     return "\n".join([*lines, "", *bursts, *sprays])
 
@@ -177,6 +183,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--burst", type=int, default=300)
     parser.add_argument("--spray", type=int, default=1_000_000, help="distinct bogus tokens (0: skip)")
     parser.add_argument("--write", action="store_true", help="record this run in docs/benchmarks.md")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        action="append",
+        default=[],
+        help="another checkout (e.g. `git archive main | tar -x -C DIR`) whose gateway is measured in the same run",
+    )
+    parser.add_argument(
+        "--only", choices=("all", "throughput"), default="all", help="throughput: the wrk table only (quick A/B)"
+    )
     args = parser.parse_args(argv)
     ensure_debian_packages({"nginx": "nginx-light", "wrk": "wrk", "redis-server": "redis-server"})
 
@@ -200,59 +216,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 finally:
                     nginx.terminate()
                     nginx.wait(timeout=30)
+                others = []
+                for source in args.compare:
+                    with gateway(directory, idp, backend, workers, source=source.resolve()) as (port, _):
+                        others.append((source.name, run_wrk(port, args)))
                 with gateway(directory, idp, backend, workers) as (port, _):
                     via_gateway = run_wrk(port, args)
-                rows.append(Row(workers, direct, via_nginx, via_gateway))
+                rows.append(Row(workers, direct, via_nginx, via_gateway, others))
 
-            bursts = [f"Burst: {args.burst} concurrent first requests with one new token:", ""]
-            redis_port = free_port()
-            redis_args = ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""]
-            redis_cache = {"cache": {"backend": "redis", "url": f"redis://127.0.0.1:{redis_port}/0"}}
-            setups: list[tuple[int, dict[str, Any], str]] = [
-                (1, {}, "1 worker, memory cache"),
-                (2, {}, "2 workers, memory cache (one cache per worker)"),
-                (2, redis_cache, "2 workers, Redis cache (a claim per token across processes)"),
-            ]
-            for i, (workers, extra, label) in enumerate(setups):
-                with (
-                    process(redis_args, redis_port, logs),
-                    gateway(directory, idp, backend, workers, extra) as (port, _),
-                ):
-                    calls, statuses = burst(port, idp, BURST_TOKENS[i], args.burst)
-                ok = sum(1 for s in statuses if s == 200)
-                bursts.append(
-                    f"- {label}: **{calls}** introspection call(s) at the IdP, {ok}/{len(statuses)} answered 200"
-                )
-            bursts.append("")
-
+            bursts: list[str] = []
             sprays: list[str] = []
-            if args.spray:
-                print(f"bench: spraying {args.spray:,} distinct bogus tokens ...", flush=True)
-                with gateway(directory, idp, backend, 1) as (port, pid):
-                    url = f"http://127.0.0.1:{port}{PATH}"
-                    wrk(url, seconds=2, connections=args.connections, threads=args.threads, headers=TOKEN)
-                    before = rss_bytes(pid)
-                    result = spray(
-                        url,
-                        directory,
-                        tokens=args.spray,
-                        connections=args.connections,
-                        threads=args.threads,
-                        calls=lambda: idp_calls(idp),
-                    )
-                    after = rss_bytes(pid)
-                mib = 2**20
-                answered_2xx = result.wrk.requests - result.wrk.non_2xx
-                sprays = [
-                    (
-                        f"Spray: {result.calls:,} distinct bogus tokens (1 worker, max_entries 100000), each one "
-                        f"introspection call at the IdP: gateway RSS {before / mib:.1f} MiB -> {after / mib:.1f} MiB, "
-                        f"growth **{(after - before) / mib:.1f} MiB**; {result.calls / result.seconds:,.0f} tokens/s "
-                        f"(p50 {result.wrk.p50_ms:.1f} ms, p99 {result.wrk.p99_ms:.1f} ms); "
-                        f"{answered_2xx} answered 2xx (must be 0)."
-                    ),
-                    "",
-                ]
+            if args.only == "all":
+                bursts, sprays = burst_and_spray(directory, idp, backend, logs, args)
 
     text = report(rows, bursts, sprays, args)
     print(text)
@@ -260,6 +235,59 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:])
         write_doc(text, command.strip())
     return 0
+
+
+def burst_and_spray(
+    directory: Path, idp: int, backend: int, logs: Path, args: argparse.Namespace
+) -> tuple[list[str], list[str]]:
+    bursts = [f"Burst: {args.burst} concurrent first requests with one new token:", ""]
+    redis_port = free_port()
+    redis_args = ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""]
+    redis_cache = {"cache": {"backend": "redis", "url": f"redis://127.0.0.1:{redis_port}/0"}}
+    setups: list[tuple[int, dict[str, Any], str]] = [
+        (1, {}, "1 worker, memory cache"),
+        (2, {}, "2 workers, memory cache (one cache per worker)"),
+        (2, redis_cache, "2 workers, Redis cache (a claim per token across processes)"),
+    ]
+    for i, (workers, extra, label) in enumerate(setups):
+        with (
+            process(redis_args, redis_port, logs),
+            gateway(directory, idp, backend, workers, extra) as (port, _),
+        ):
+            calls, statuses = burst(port, idp, BURST_TOKENS[i], args.burst)
+        ok = sum(1 for s in statuses if s == 200)
+        bursts.append(f"- {label}: **{calls}** introspection call(s) at the IdP, {ok}/{len(statuses)} answered 200")
+    bursts.append("")
+
+    sprays: list[str] = []
+    if args.spray:
+        print(f"bench: spraying {args.spray:,} distinct bogus tokens ...", flush=True)
+        with gateway(directory, idp, backend, 1) as (port, pid):
+            url = f"http://127.0.0.1:{port}{PATH}"
+            wrk(url, seconds=2, connections=args.connections, threads=args.threads, headers=TOKEN)
+            before = rss_bytes(pid)
+            result = spray(
+                url,
+                directory,
+                tokens=args.spray,
+                connections=args.connections,
+                threads=args.threads,
+                calls=lambda: idp_calls(idp),
+            )
+            after = rss_bytes(pid)
+        mib = 2**20
+        answered_2xx = result.wrk.requests - result.wrk.non_2xx
+        sprays = [
+            (
+                f"Spray: {result.calls:,} distinct bogus tokens (1 worker, max_entries 100000), each one "
+                f"introspection call at the IdP: gateway RSS {before / mib:.1f} MiB -> {after / mib:.1f} MiB, "
+                f"growth **{(after - before) / mib:.1f} MiB**; {result.calls / result.seconds:,.0f} tokens/s "
+                f"(p50 {result.wrk.p50_ms:.1f} ms, p99 {result.wrk.p99_ms:.1f} ms); "
+                f"{answered_2xx} answered 2xx (must be 0)."
+            ),
+            "",
+        ]
+    return bursts, sprays
 
 
 NOTES = "## Notes"

@@ -7,6 +7,7 @@ sends can remove or forge what the gateway injects.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -104,6 +105,7 @@ def valid_host(value: str) -> bool:
     return bool(_HOST.fullmatch(value))
 
 
+@functools.lru_cache(maxsize=1024)  # a pure function of the text; peers repeat (keep-alive, a few proxies)
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         ip = ipaddress.ip_address(text.strip().strip("[]"))
@@ -116,6 +118,8 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 
 def _trusted(address: str, trusted: Sequence[Network]) -> bool:
+    if not trusted:
+        return False  # the default: no address to parse, per request
     ip = _address(address)
     return ip is not None and any(ip in net for net in trusted)
 

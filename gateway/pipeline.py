@@ -38,6 +38,7 @@ from .proxy import forward, upstream_url
 from .rules import Access, PathError, Route, canonical_path, missing_roles, resolve_route
 
 access_log = logging.getLogger("gateway.access")
+_ACCESS_MESSAGE = "%s %s %d %s"
 _NO_IDENTITY: Mapping[str, str] = MappingProxyType({})
 
 
@@ -181,6 +182,17 @@ def is_preflight(request: web.Request) -> bool:
     )
 
 
+def echo_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Before the headers go out, for streamed answers and error answers alike: our X-Request-Id, and the CORS
+    origin of a route that allows it."""
+    if REQUEST_ID in request:
+        response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
+    if CORS_ORIGIN in request:
+        # The route's CORS settings are the gateway's to apply; an upstream's own answer is replaced.
+        response.headers["Access-Control-Allow-Origin"] = request[CORS_ORIGIN]
+        response.headers.add("Vary", "Origin")
+
+
 def _client_request_id(request: web.Request) -> str | None:
     sent = request.headers.getall(REQUEST_ID_HEADER, [])
     return sent[0] if len(sent) == 1 else None
@@ -189,7 +201,7 @@ def _client_request_id(request: web.Request) -> str | None:
 async def handle(runtime: Runtime, request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     trace = Trace(request_id(_client_request_id(request)))
-    request[REQUEST_ID] = trace.request_id  # echoed to the client by the app's on_response_prepare hook
+    request[REQUEST_ID] = trace.request_id  # echoed to the client by echo_headers()
     runtime.metrics.in_flight.inc()
     try:
         return await _handle(runtime, request, started, trace)
@@ -260,6 +272,7 @@ async def _handle(runtime: Runtime, request: web.Request, started: float, trace:
                 headers,
                 runtime.metrics,
                 body=body.chunks() if body is not None else None,
+                before_prepare=functools.partial(echo_headers, request),
             )
         except GatewayError:
             if body is not None and body.error is not None:
@@ -327,4 +340,10 @@ def _record(
         "upstream_ms": _milliseconds(trace.upstream_seconds),
         "total_ms": _milliseconds(elapsed),
     }
-    access_log.info("%s %s %d %s", request.method, path, status, decision, extra={FIELDS: fields})
+    if access_log.isEnabledFor(logging.INFO):
+        # What access_log.info() does, minus its walk up the stack for a caller no formatter prints.
+        args = (request.method, path, status, decision)
+        record = access_log.makeRecord(
+            access_log.name, logging.INFO, __file__, 0, _ACCESS_MESSAGE, args, None, extra={FIELDS: fields}
+        )
+        access_log.handle(record)

@@ -12,7 +12,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
@@ -57,8 +57,11 @@ async def forward(
     headers: CIMultiDict[str],
     metrics: Metrics,
     body: AsyncIterator[bytes] | None = None,
+    before_prepare: Callable[[web.StreamResponse], None] | None = None,
 ) -> web.StreamResponse:
-    """`body`: what to send as the request body (the pipeline's size- and time-bounded view of the client's)."""
+    """`body`: what to send as the request body (the pipeline's size- and time-bounded view of the client's).
+    `before_prepare`: applied to a streamed answer just before its headers go out (a small one is returned
+    unsent, for the caller to finish)."""
     started = time.perf_counter()
     try:
         async with session.request(
@@ -70,7 +73,7 @@ async def forward(
             timeout=_timeout(upstream),
         ) as upstream_response:
             metrics.upstream_done(upstream.name, time.perf_counter() - started)
-            return await _relay(request, upstream_response, upstream.read_timeout)
+            return await _relay(request, upstream_response, upstream.read_timeout, before_prepare)
     except TimeoutError as exc:
         raise UpstreamTimeout() from exc
     except aiohttp.ClientError as exc:
@@ -78,7 +81,12 @@ async def forward(
         raise UpstreamUnavailable() from exc
 
 
-async def _relay(request: web.Request, upstream: aiohttp.ClientResponse, stall: float) -> web.StreamResponse:
+async def _relay(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    stall: float,
+    before_prepare: Callable[[web.StreamResponse], None] | None,
+) -> web.StreamResponse:
     """`stall`: the longest a streamed write may wait for a client that stopped reading."""
     headers = downstream_response_headers(upstream.headers)
     length = upstream.content_length
@@ -91,6 +99,8 @@ async def _relay(request: web.Request, upstream: aiohttp.ClientResponse, stall: 
         return small
 
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    if before_prepare is not None:
+        before_prepare(response)
     await response.prepare(request)
     try:
         async for chunk in upstream.content.iter_any():

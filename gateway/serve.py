@@ -19,7 +19,7 @@ from .admin import build_admin_app
 from .app import RELOADER, build_app
 from .config import Config
 from .listener import CappedSite
-from .logs import FIELDS, configure_logging, effective_config
+from .logs import FIELDS, configure_logging, effective_config, flush_logs
 from .reload import ConfigSource
 
 log = logging.getLogger("gateway")
@@ -71,6 +71,7 @@ async def serve(config: Config, source: ConfigSource, *, worker: int | None = No
         await proxy.cleanup()
         await admin.cleanup()
     log.info("stopped")
+    flush_logs()
 
 
 def _stopper(stop: asyncio.Event, sig: signal.Signals) -> Callable[[], None]:
