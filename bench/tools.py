@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from demo_backend import demo
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -22,15 +24,7 @@ def free_port() -> int:
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"bench: {proc.args!r} exited with {proc.returncode}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise SystemExit(f"bench: nothing listens on port {port} after {timeout:.0f}s")
+    demo.wait_for_port(port, [proc], timeout, who="bench")
 
 
 def ensure_debian_packages(commands: dict[str, str]) -> None:

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from .idp import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
@@ -39,17 +40,20 @@ demo-expired-token (inactive). Try the seed example's steps:
 """
 
 
-def _wait_for_port(port: int, procs: list[subprocess.Popen[bytes]], timeout: float = 20.0) -> None:
+def wait_for_port(
+    port: int, procs: Sequence[subprocess.Popen[bytes]], timeout: float = 20.0, who: str = "demo"
+) -> None:
+    """Until something listens on 127.0.0.1:port; SystemExit if one of `procs` exits first or time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for proc in procs:
             if proc.poll() is not None:
-                raise SystemExit(f"demo: {proc.args!r} exited with {proc.returncode}")
+                raise SystemExit(f"{who}: {proc.args!r} exited with {proc.returncode}")
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return
-        time.sleep(0.1)
-    raise SystemExit(f"demo: nothing listens on port {port} after {timeout:.0f}s")
+        time.sleep(0.05)
+    raise SystemExit(f"{who}: nothing listens on port {port} after {timeout:.0f}s")
 
 
 def _check_free(port: int) -> None:
@@ -85,7 +89,7 @@ def main() -> int:
         # One after the other, so the gateway finds its IdP's discovery document on its first try.
         for command, port in zip(commands, (IDP_PORT, BACKEND_PORT, GATEWAY_PORT), strict=True):
             procs.append(subprocess.Popen(command, cwd=ROOT, env=env))
-            _wait_for_port(port, procs)
+            wait_for_port(port, procs)
         print(WALKTHROUGH.format(port=GATEWAY_PORT, backend=BACKEND_PORT, idp=IDP_PORT, admin=ADMIN_PORT), flush=True)
         while all(proc.poll() is None for proc in procs):
             time.sleep(0.5)
