@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .rules import Access, PathError, PathPattern, Route, canonical_path, missing_roles, resolve_route
+from .rules import Access, PathError, PathPattern, Route, canonical_path, missing_roles, resolve_route, split_target
 
 STAR = "*"
 _ANY_SEGMENT = "x"  # a witness for `*`: any non-empty segment will do
@@ -151,7 +151,7 @@ def explain(routes: Sequence[Route], method: str, target: str, roles: frozenset[
     """`roles` None is a request without a token; a set is a valid token carrying those roles."""
     raw_path = target.partition("?")[0]
     try:
-        path = canonical_path(raw_path)
+        path = canonical_path(split_target(target)[0])  # as the pipeline splits: a fragment is 400 there too
     except PathError as exc:
         return Explanation(method, raw_path, None, None, None, 400, f"bad path: {exc}")
     try:

@@ -35,7 +35,7 @@ from .introspection import Authenticator, Introspector, Principal
 from .logs import FIELDS, request_id, token_hash
 from .metrics import Metrics
 from .proxy import forward, upstream_url
-from .rules import Access, PathError, Route, canonical_path, missing_roles, resolve_route
+from .rules import Access, PathError, Route, canonical_path, missing_roles, resolve_route, split_target
 
 access_log = logging.getLogger("gateway.access")
 _ACCESS_MESSAGE = "%s %s %d %s"
@@ -104,17 +104,10 @@ class Trace:
     upstream_seconds: float | None = None
 
 
-def split_target(raw_target: str) -> tuple[str, str | None]:
-    path, sep, query = raw_target.partition("?")
-    return path, (query if sep else None)
-
-
 def route_for(runtime: Runtime, method: str, raw_target: str) -> tuple[str, str | None, Route | None]:
     """(canonical path, query, route) or BadRequest: the one path that is matched and forwarded."""
-    raw_path, query = split_target(raw_target)
     try:
-        if query is not None and "#" in query:
-            raise PathError("a fragment in the request target")  # never sent by a browser; an attack if sent
+        raw_path, query = split_target(raw_target)
         path, route = runtime.routing.resolve(method, raw_path)
         return path, query, route
     except PathError as exc:

@@ -38,6 +38,14 @@ class PathError(ValueError):
     """The path cannot be canonicalised safely; the request gets 400."""
 
 
+def split_target(raw_target: str) -> tuple[str, str | None]:
+    """(path, query or None) of an origin-form request target; a fragment anywhere in it is refused."""
+    path, sep, query = raw_target.partition("?")
+    if sep and "#" in query:
+        raise PathError("a fragment in the request target")  # never sent by a browser; an attack if sent
+    return path, (query if sep else None)
+
+
 def canonical_path(raw: str) -> str:
     """Return the one canonical form of a request path (no query string), or raise PathError.
 

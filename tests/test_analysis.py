@@ -196,7 +196,7 @@ def test_explain(
         assert result.canonical == canonical
 
 
-@pytest.mark.parametrize("target", ["/api/%2fpublic", "/../etc", "/api/%zz", "relative"])
+@pytest.mark.parametrize("target", ["/api/%2fpublic", "/../etc", "/api/%zz", "relative", "/api/public?a=1#frag"])
 def test_explain_refuses_what_cannot_be_canonicalised(target: str) -> None:
     result = explain(ROUTES, "GET", target, None)
     assert result.status == 400
