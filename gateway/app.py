@@ -19,6 +19,7 @@ from .metrics import Metrics
 from .pipeline import Runtime, echo_headers, handle
 from .redis_store import RedisStore
 from .reload import ConfigSource, Reloader, Sessions, build_runtime
+from .upstream_client import UpstreamClient
 
 log = logging.getLogger("gateway")
 
@@ -38,15 +39,9 @@ INTROSPECTOR = web.AppKey("introspector", Introspector)  # the one built at star
 CACHE = web.AppKey("cache", CachingAuthenticator)  # likewise: the current one is RUNTIME.current.authenticator
 
 
-def _upstream_session() -> aiohttp.ClientSession:
+def _upstream_client() -> UpstreamClient:
     # Pooled keep-alive connections; bodies relayed as they come (no decompression); the client's headers only.
-    connector = aiohttp.TCPConnector(limit=1024, limit_per_host=0, keepalive_timeout=30, ttl_dns_cache=60)
-    return aiohttp.ClientSession(
-        connector=connector,
-        auto_decompress=False,
-        skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
-        cookie_jar=aiohttp.DummyCookieJar(),
-    )
+    return UpstreamClient(limit=1024, keepalive=30.0)
 
 
 def _idp_session() -> aiohttp.ClientSession:
@@ -113,7 +108,7 @@ def build_app(
             # A claim on a token lasts as long as one IdP call may (the other processes wait for its answer).
             claim = config.idp.timeout if config.idp is not None else 5.0
             shared = RedisStore(config.cache.url, metrics, timeout=config.cache.redis_timeout, claim_seconds=claim)
-        pools = Sessions(upstream=_upstream_session(), idp=_idp_session(), shared=shared)
+        pools = Sessions(upstream=_upstream_client(), idp=_idp_session(), shared=shared)
         runtime = build_runtime(config, pools, metrics)
         app[RUNTIME] = slot = RuntimeSlot(runtime)
         if isinstance(runtime.authenticator, CachingAuthenticator):

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-import aiohttp
 from aiohttp import web
 
 from .body import BodyGuard
@@ -34,8 +33,9 @@ from .headers import forwarded_for, identity_headers, upstream_request_headers, 
 from .introspection import Authenticator, Introspector, Principal
 from .logs import FIELDS, request_id, token_hash
 from .metrics import Metrics
-from .proxy import forward, upstream_url
+from .proxy import forward, upstream_target
 from .rules import Access, PathError, Route, canonical_path, missing_roles, resolve_route, split_target
+from .upstream_client import UpstreamClient
 
 access_log = logging.getLogger("gateway.access")
 _ACCESS_MESSAGE = "%s %s %d %s"
@@ -86,7 +86,7 @@ class Runtime:
 
     config: Config
     authenticator: Authenticator | None
-    upstream_session: aiohttp.ClientSession
+    upstream_client: UpstreamClient
     metrics: Metrics
     introspector: Introspector | None = None  # for readiness: has the IdP's discovery document been fetched?
     routing: RouteMemo = field(init=False, repr=False, compare=False)
@@ -254,14 +254,13 @@ async def _handle(runtime: Runtime, request: web.Request, started: float, trace:
         if token is not None and route.pass_authorization:
             headers["Authorization"] = f"Bearer {token}"  # the token we checked, whichever way it came
         headers[REQUEST_ID_HEADER] = trace.request_id
-        url = upstream_url(upstream, path, query)
         forwarding = time.perf_counter()
         try:
             response = await forward(
                 request,
-                runtime.upstream_session,
+                runtime.upstream_client,
                 upstream,
-                url,
+                upstream_target(path, query),
                 headers,
                 runtime.metrics,
                 body=body.chunks() if body is not None else None,

@@ -9,20 +9,18 @@ truncated body can never look complete.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
 from .config import Upstream
 from .errors import UpstreamTimeout, UpstreamUnavailable
 from .headers import downstream_response_headers
 from .metrics import Metrics
+from .upstream_client import UpstreamClient, UpstreamError, UpstreamResponse
 
 log = logging.getLogger("gateway.proxy")
 
@@ -30,30 +28,16 @@ SMALL_BODY = 64 * 1024
 _NO_BODY_STATUS = frozenset({204, 304})
 
 
-def upstream_url(upstream: Upstream, path: str, query: str | None) -> URL:
+def upstream_target(path: str, query: str | None) -> str:
     """The canonical path and the client's query string byte for byte; nothing is re-quoted."""
-    target = upstream.url + path
-    if query is not None:
-        target += "?" + query
-    return URL(target, encoded=True)
-
-
-@functools.cache
-def _timeout(upstream: Upstream) -> aiohttp.ClientTimeout:
-    # `connect` bounds the wait for a pooled connection too, so a full pool answers 504 instead of hanging.
-    return aiohttp.ClientTimeout(
-        total=None,
-        connect=upstream.connect_timeout,
-        sock_connect=upstream.connect_timeout,
-        sock_read=upstream.read_timeout,
-    )
+    return path if query is None else f"{path}?{query}"
 
 
 async def forward(
     request: web.Request,
-    session: aiohttp.ClientSession,
+    client: UpstreamClient,
     upstream: Upstream,
-    url: URL,
+    target: str,
     headers: CIMultiDict[str],
     metrics: Metrics,
     body: AsyncIterator[bytes] | None = None,
@@ -64,51 +48,61 @@ async def forward(
     unsent, for the caller to finish)."""
     started = time.perf_counter()
     try:
-        async with session.request(
+        answer = await client.send(
+            upstream.url,
             request.method,
-            url,
-            headers=headers,
-            data=body,
-            allow_redirects=False,
-            timeout=_timeout(upstream),
-        ) as upstream_response:
-            metrics.upstream_done(upstream.name, time.perf_counter() - started)
-            return await _relay(request, upstream_response, upstream.read_timeout, before_prepare)
+            target,
+            headers,
+            body=body,
+            connect_timeout=upstream.connect_timeout,
+            read_timeout=upstream.read_timeout,
+        )
     except TimeoutError as exc:
         raise UpstreamTimeout() from exc
-    except aiohttp.ClientError as exc:
-        log.warning("upstream %s: %s", upstream.name, type(exc).__name__)
+    except UpstreamError as exc:
+        log.warning("upstream %s: %s", upstream.name, exc)
         raise UpstreamUnavailable() from exc
+    metrics.upstream_done(upstream.name, time.perf_counter() - started)
+    try:
+        return await _relay(request, answer, upstream, before_prepare)
+    finally:
+        answer.release()
 
 
 async def _relay(
     request: web.Request,
-    upstream: aiohttp.ClientResponse,
-    stall: float,
+    upstream_answer: UpstreamResponse,
+    upstream: Upstream,
     before_prepare: Callable[[web.StreamResponse], None] | None,
 ) -> web.StreamResponse:
-    """`stall`: the longest a streamed write may wait for a client that stopped reading."""
-    headers = downstream_response_headers(upstream.headers)
-    length = upstream.content_length
-    no_body = request.method == "HEAD" or upstream.status in _NO_BODY_STATUS
+    headers = downstream_response_headers(upstream_answer.headers)
+    length = upstream_answer.content_length
+    status, reason = upstream_answer.status, upstream_answer.reason or None
+    no_body = request.method == "HEAD" or status in _NO_BODY_STATUS
     if no_body or (length is not None and length <= SMALL_BODY):
-        payload = b"" if no_body else await upstream.read()
-        small = web.Response(status=upstream.status, reason=upstream.reason, headers=headers)
+        small = web.Response(status=status, reason=reason, headers=headers)
         if not no_body:
-            small.body = payload
+            try:
+                small.body = await upstream_answer.read()
+            except TimeoutError as exc:
+                raise UpstreamTimeout() from exc
+            except UpstreamError as exc:
+                log.warning("upstream %s: %s", upstream.name, exc)
+                raise UpstreamUnavailable() from exc
         return small
 
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    response = web.StreamResponse(status=status, reason=reason, headers=headers)
     if before_prepare is not None:
         before_prepare(response)
     await response.prepare(request)
     try:
-        async for chunk in upstream.content.iter_any():
+        while chunk := await upstream_answer.read_chunk():
             # A client that stops reading would otherwise hold this upstream connection for ever.
-            async with asyncio.timeout(stall):
+            async with asyncio.timeout(upstream.read_timeout):
                 await response.write(chunk)
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        # The status line is gone already: the only honest signal left is to cut the connection.
+    except (UpstreamError, TimeoutError, ConnectionError) as exc:
+        # Either side failed (or the client went away). The status line is gone already: the only honest signal
+        # left is to cut the connection.
         log.warning("streamed body interrupted: %s", type(exc).__name__)
         if request.transport is not None:
             request.transport.abort()

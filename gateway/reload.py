@@ -8,8 +8,8 @@ The environment is read again at every reload: the process environment (unchange
 over the `.env` file, so a rotated client secret in `.env` is picked up by a reload. Listener addresses (`listen`,
 `admin`) and `shutdown_grace_seconds` apply at the next start only, since sockets are bound once.
 
-Resources: the upstream and IdP ClientSessions belong to the app, not to a config (timeouts are set per request),
-so a reload never opens or closes a session; they are closed once, at shutdown, after the server has drained.
+Resources: the upstream client and the IdP ClientSession belong to the app, not to a config (timeouts are set per
+request), so a reload never opens or closes a session; they are closed once, at shutdown, after the server has drained.
 An Introspector is rebuilt only when the `idp` section changed; it owns nothing but a reference to the shared
 session, so the old one is simply dropped once the last request holding the old Runtime lets go of it.
 """
@@ -32,6 +32,7 @@ from .config import Config, ConfigError, load_config, read_environment
 from .introspection import Authenticator, Introspector
 from .metrics import Metrics
 from .pipeline import Runtime
+from .upstream_client import UpstreamClient
 
 log = logging.getLogger("gateway.reload")
 
@@ -67,7 +68,7 @@ def _digest(path: Path) -> str | None:
 class Sessions:
     """The app's pools, shared by every config the app ever serves: sessions, and the shared cache (Redis)."""
 
-    upstream: aiohttp.ClientSession
+    upstream: UpstreamClient
     idp: aiohttp.ClientSession
     shared: SharedStore | None = None
 
@@ -91,7 +92,7 @@ def build_runtime(config: Config, sessions: Sessions, metrics: Metrics, previous
     return Runtime(
         config=config,
         authenticator=authenticator,
-        upstream_session=sessions.upstream,
+        upstream_client=sessions.upstream,
         metrics=metrics,
         introspector=introspector,
     )
