@@ -17,6 +17,8 @@ import sys
 from typing import Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
+import orjson
+
 from .config import Config, LogSettings
 
 # What we accept from a client as a request id: short, and harmless in a header, a log line or a URL.
@@ -49,8 +51,17 @@ def _timestamp(record: logging.LogRecord) -> str:
     return f"{prefix}.{int((record.created - whole) * 1000):03d}Z"
 
 
-# One encoder, built once: json.dumps with non-default arguments builds a new one per call.
+# The fallback for what orjson refuses (integers beyond 64 bits); built once, as json.dumps with arguments builds
+# a new encoder per call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+
+
+def _json(line: dict[str, Any]) -> str:
+    """Compact JSON: orjson, a tenth of the json module's cost on the one line per request."""
+    try:
+        return orjson.dumps(line, default=str).decode()
+    except orjson.JSONEncodeError:
+        return _ENCODER.encode(line)
 
 
 class JsonFormatter(logging.Formatter):
@@ -64,7 +75,7 @@ class JsonFormatter(logging.Formatter):
         line.update(getattr(record, FIELDS, None) or {})
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return _ENCODER.encode(line)
+        return _json(line)
 
 
 class TextFormatter(logging.Formatter):
