@@ -31,7 +31,7 @@ from .errors import (
 )
 from .headers import forwarded_for, identity_headers, upstream_request_headers, valid_host
 from .introspection import Authenticator, Introspector, Principal
-from .logs import FIELDS, request_id, token_hash
+from .logs import AccessRecord, request_id, token_hash
 from .metrics import Metrics
 from .proxy import forward, upstream_target
 from .rules import Access, PathError, Route, canonical_path, missing_roles, resolve_route, split_target
@@ -333,9 +333,6 @@ def _record(
         "total_ms": _milliseconds(elapsed),
     }
     if access_log.isEnabledFor(logging.INFO):
-        # What access_log.info() does, minus its walk up the stack for a caller no formatter prints.
+        # What access_log.info() does, minus the look-ups of a LogRecord no formatter prints (see AccessRecord).
         args = (request.method, path, status, decision)
-        record = access_log.makeRecord(
-            access_log.name, logging.INFO, __file__, 0, _ACCESS_MESSAGE, args, None, extra={FIELDS: fields}
-        )
-        access_log.handle(record)
+        access_log.handle(AccessRecord(access_log.name, _ACCESS_MESSAGE, args, fields))
