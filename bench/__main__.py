@@ -21,7 +21,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,8 +157,9 @@ def report(rows: list[Row], bursts: list[str], sprays: list[str], args: argparse
     lines = [
         (
             f"wrk -t{args.threads} -c{args.connections} -d{args.seconds}s on GET {PATH} with a cached token "
-            "(the same Authorization header for all three), each after a 2 s warm-up. nginx and the gateway "
-            "both write one access-log line per request to a file."
+            "(the same Authorization header for all three), each after a 2 s warm-up; the targets take turns for "
+            f"{args.rounds} round(s) and each row is that target's median round. nginx and the gateway both write "
+            "one access-log line per request to a file."
         ),
         "",
         "| target                 |     req/s | p50 ms  | p99 ms  | non-2xx | gateway/nginx | gateway/direct |",
@@ -178,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts (nginx gets the same)")
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3, help="wrk runs per target, in turn; the median is kept")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--burst", type=int, default=300)
@@ -207,22 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ):
             rows: list[Row] = []
             for workers in args.workers:
-                print(f"bench: {workers} worker(s): direct, nginx, gateway ...", flush=True)
-                direct = run_wrk(backend, args)
-                nginx_port = free_port()
-                nginx = start_nginx(directory / f"nginx-{workers}", nginx_port, backend, workers)
-                try:
-                    via_nginx = run_wrk(nginx_port, args)
-                finally:
-                    nginx.terminate()
-                    nginx.wait(timeout=30)
-                others = []
-                for source in args.compare:
-                    with gateway(directory, idp, backend, workers, source=source.resolve()) as (port, _):
-                        others.append((source.name, run_wrk(port, args)))
-                with gateway(directory, idp, backend, workers) as (port, _):
-                    via_gateway = run_wrk(port, args)
-                rows.append(Row(workers, direct, via_nginx, via_gateway, others))
+                print(f"bench: {workers} worker(s): direct, nginx, gateway x {args.rounds} rounds ...", flush=True)
+                rows.append(throughput_row(directory, idp, backend, workers, args))
 
             bursts: list[str] = []
             sprays: list[str] = []
@@ -235,6 +223,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:])
         write_doc(text, command.strip())
     return 0
+
+
+def throughput_row(directory: Path, idp: int, backend: int, workers: int, args: argparse.Namespace) -> Row:
+    """Every target runs at once (idle ones cost nothing); wrk visits them in turn, round after round, and each
+    keeps its median round: a neighbour's burst of load then moves one round, not the ratio."""
+    nginx_port = free_port()
+    nginx = start_nginx(directory / f"nginx-{workers}", nginx_port, backend, workers)
+    with ExitStack() as stack:
+        stack.callback(nginx.wait, timeout=30)
+        stack.callback(nginx.terminate)
+        ports = {"direct": backend, "nginx": nginx_port}
+        for source in args.compare:
+            ports[source.name] = stack.enter_context(
+                gateway(directory, idp, backend, workers, source=source.resolve())
+            )[0]
+        ports["gateway"] = stack.enter_context(gateway(directory, idp, backend, workers))[0]
+        runs: dict[str, list[WrkResult]] = {name: [] for name in ports}
+        for _ in range(args.rounds):
+            for name, port in ports.items():
+                runs[name].append(run_wrk(port, args))
+    median = {name: sorted(r, key=lambda w: w.requests_per_second)[len(r) // 2] for name, r in runs.items()}
+    others = [(source.name, median[source.name]) for source in args.compare]
+    return Row(workers, median["direct"], median["nginx"], median["gateway"], others)
 
 
 def burst_and_spray(
