@@ -190,14 +190,10 @@ def upstream_request_headers(
     return out
 
 
-def downstream_response_headers(upstream: AnyHeaders) -> CIMultiDict[str]:
-    """Relay every end-to-end header, repeated ones (Set-Cookie) included, in order."""
+def downstream_response_headers(upstream: AnyHeaders) -> list[tuple[str, str]]:
+    """Every end-to-end header, repeated ones (Set-Cookie) included, in order; for the answer's own header set."""
     drop = connection_tokens(upstream, _DROPPED_FROM_RESPONSE)
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in upstream.items():
-        if normalised_name(name) not in drop:
-            out.add(name, value)
-    return out
+    return [(name, value) for name, value in upstream.items() if normalised_name(name) not in drop]
 
 
 def header_value(value: str) -> str:

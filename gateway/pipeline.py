@@ -240,7 +240,8 @@ async def _handle(runtime: Runtime, request: web.Request, started: float, trace:
             if lacking is not None:
                 raise InsufficientScope(f"this route requires the role {lacking}", required=lacking)
             # Only for a caller already allowed in: nobody else can make the gateway read a body.
-            await refuse_form_token(request, body)
+            if body is not None:
+                await refuse_form_token(request, body)
             identity = _identity(principal)
         upstream = config.upstreams[route.upstream]
         headers = upstream_request_headers(

@@ -80,7 +80,8 @@ async def _relay(
     status, reason = upstream_answer.status, upstream_answer.reason or None
     no_body = request.method == "HEAD" or status in _NO_BODY_STATUS
     if no_body or (length is not None and length <= SMALL_BODY):
-        small = web.Response(status=status, reason=reason, headers=headers)
+        small = web.Response(status=status, reason=reason)
+        small.headers.extend(headers)  # into the answer's own set: passing them to Response() would copy them
         if not no_body:
             try:
                 small.body = await upstream_answer.read()
@@ -91,7 +92,8 @@ async def _relay(
                 raise UpstreamUnavailable() from exc
         return small
 
-    response = web.StreamResponse(status=status, reason=reason, headers=headers)
+    response = web.StreamResponse(status=status, reason=reason)
+    response.headers.extend(headers)
     if before_prepare is not None:
         before_prepare(response)
     await response.prepare(request)
