@@ -29,7 +29,7 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-# Set by the gateway (or aiohttp's client) for the upstream hop; a client's values are never relayed.
+# Set by the gateway for the upstream hop (Host by the upstream client); a client's values are never relayed.
 _REPLACED_ON_REQUEST = frozenset({"host", "expect", "forwarded"})
 # Every client-sent X-Forwarded-* (Prefix, Port, Scheme, Server, Ssl...: Spring and Werkzeug rebuild URLs from
 # them) goes; the gateway sets For, Proto and Host itself.
