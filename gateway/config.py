@@ -548,6 +548,11 @@ def _upstreams(c: _Checker, node: Any) -> dict[str, Upstream]:
         path = f"upstreams.{name}"
         m = {"url": spec} if isinstance(spec, str) else c.mapping(spec, path, _UPSTREAM)
         url = c.url(c.required_string(m, "url", path) or None, _join(path, "url"))
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
+                # Every request's path is appended to it; credentials would be silently dropped.
+                c.fail(_join(path, "url"), "expected scheme://host[:port][/base-path], without credentials or query")
         out[str(name)] = Upstream(
             name=str(name),
             url=url or "",

@@ -15,7 +15,7 @@ from .support import CLIENT_SECRET, ENV, gateway_document
 
 
 def document(**top: Any) -> dict[str, Any]:
-    doc = gateway_document(issuer="http://127.0.0.1:1", upstream_url="http://user:pw@127.0.0.1:2")
+    doc = gateway_document(issuer="http://127.0.0.1:1", upstream_url="http://127.0.0.1:2")
     doc.update(top)
     return doc
 
@@ -94,12 +94,26 @@ def test_token_hash_is_short_and_stable() -> None:
 
 
 def test_effective_config_has_no_secret() -> None:
-    config = parse_config(document(), source="g.yaml", env=ENV)
+    doc = document()
+    doc["idp"]["connect_url"] = "http://user:pw@127.0.0.1:3"
+    config = parse_config(doc, source="g.yaml", env=ENV)
     rendered = json.dumps(effective_config(config))
     assert CLIENT_SECRET not in rendered
-    assert "pw@" not in rendered  # credentials in an upstream URL are dropped too
+    assert "pw@" not in rendered  # credentials in a URL are dropped too
+    assert effective_config(config)["idp"]["connect_url"] == "http://127.0.0.1:3"
     assert effective_config(config)["upstreams"] == {"default": "http://127.0.0.1:2"}
     assert effective_config(config)["admin"] == "127.0.0.1:9091"
+
+
+@pytest.mark.parametrize(
+    "url", ["http://user:pw@127.0.0.1:2", "http://127.0.0.1:2/base?x=1", "http://127.0.0.1:2/#f", "http://:pw@h"]
+)
+def test_upstream_url_is_scheme_host_port_and_path_only(url: str) -> None:
+    doc = document()
+    doc["upstreams"]["default"]["url"] = url
+    with pytest.raises(ConfigError) as caught:
+        parse_config(doc, source="g.yaml", env=ENV)
+    assert "g.yaml: upstreams.default.url: expected scheme://host[:port][/base-path]" in str(caught.value)
 
 
 def _record(fields: dict[str, Any] | None) -> logging.LogRecord:
