@@ -179,6 +179,8 @@ class UpstreamResponse:
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
+        if status < 100:
+            raise UpstreamError("a status code below 100")
         if status < 200:  # 100 Continue, 103 Early Hints: the real answer follows on the same connection
             self._interim = True
             self._raw_headers.clear()
@@ -201,6 +203,10 @@ class UpstreamResponse:
             self._finish(keep_alive=self._parser.should_keep_alive())
 
     def on_body(self, body: bytes) -> None:
+        if self._interim:
+            # A 1xx has no content (RFC 9110 §15.2), but llhttp reads one for 1xx codes other than 100-103: taking
+            # it as the final answer's would relay bytes past that answer's Content-Length to the client.
+            raise UpstreamError("content in an interim answer")
         if self._complete:  # a body after an answer to HEAD
             self._keep_alive = False
             self._connection.close()

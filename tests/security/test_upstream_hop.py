@@ -1,0 +1,73 @@
+"""The gateway→upstream hop against upstreams that misbehave: raw servers that send exact bytes.
+
+A malicious or broken upstream must not make the gateway buffer without bound, relay content that is not the
+answer's, present a truncated answer as complete, or starve the other upstreams of connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from tests.conftest import GatewayFactory
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+WAIT = 30.0  # a bound against hanging, never a timing assertion
+
+
+@contextlib.asynccontextmanager
+async def raw_upstream(handler: Handler) -> AsyncIterator[str]:
+    """An upstream on a free port that runs `handler` for each connection; yields its base URL."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await asyncio.wait_for(handler(reader, writer), WAIT)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the gateway cut the connection: what several tests want
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def _upstream(url: str) -> dict[str, Any]:
+    return {"default": {"url": url, "connect_timeout_seconds": 2, "read_timeout_seconds": 2}}
+
+
+async def _until_closed(reader: asyncio.StreamReader) -> None:
+    while await reader.read(65536):
+        pass
+
+
+@pytest.mark.parametrize(
+    "interim",
+    [b"HTTP/1.1 199 Odd\r\nContent-Length: 5\r\n\r\nHELLO", b"HTTP/1.1 099 X\r\n\r\nHELLO"],
+    ids=["199-with-content", "below-100"],
+)
+async def test_content_in_an_interim_answer_never_reaches_the_client(
+    make_gateway: GatewayFactory, interim: bytes
+) -> None:
+    # llhttp reads a body for 1xx codes other than 100-103 (and for codes below 100); a 1xx has none (RFC 9110
+    # §15.2), so such an answer is malformed. Taken as the start of the final answer's body, it went to the client
+    # after a head saying `Content-Length: 2`: bytes the client would read as its next answer (response splitting).
+    async def odd(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(interim + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+        await _until_closed(reader)
+
+    async with raw_upstream(odd) as url:
+        gateway = await make_gateway(upstreams=_upstream(url))
+        response = await gateway.get("/open/x")
+        body = await response.read()
+        assert b"HE" not in body
+        assert response.status == 502
