@@ -100,6 +100,8 @@ class UpstreamResponse:
         "_interim",
         "_keep_alive",
         "_parser",
+        "_pending",
+        "_progress",
         "_raw_headers",
         "_read_timeout",
         "_received",
@@ -120,6 +122,8 @@ class UpstreamResponse:
         self._head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
+        self._pending = 0
+        self._progress = False
         self._received = False
         self._interim = False
         self._chunks: collections.deque[bytes] = collections.deque()
@@ -139,10 +143,21 @@ class UpstreamResponse:
 
     def feed(self, data: bytes) -> None:
         self._received = True
+        self._progress = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self.fail(UpstreamError(f"malformed answer: {type(exc).__name__}"))
+            self._connection.close()
+            return
+        # httptools keeps a header line (we keep the reason) until it ends: bytes that complete nothing are bounded,
+        # or one endless line would be taken in, and copied at every read, for the whole read timeout.
+        if self._progress:
+            self._pending = 0
+            return
+        self._pending += len(data)
+        if self._pending > MAX_HEAD_BYTES:
+            self.fail(UpstreamError("a line of the answer's head is too long"))
             self._connection.close()
 
     def lost(self) -> None:
@@ -176,8 +191,10 @@ class UpstreamResponse:
         if self._head_bytes > MAX_HEAD_BYTES or len(self._raw_headers) >= MAX_HEADERS:
             raise UpstreamError("the answer's head is too large")
         self._raw_headers.append((name, value))
+        self._progress = True
 
     def on_headers_complete(self) -> None:
+        self._progress = True
         status = self._parser.get_status_code()
         if status < 100:
             raise UpstreamError("a status code below 100")
@@ -211,6 +228,7 @@ class UpstreamResponse:
             self._keep_alive = False
             self._connection.close()
             return
+        self._progress = True
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > _HIGH_WATER:
@@ -218,6 +236,7 @@ class UpstreamResponse:
         self._wake()
 
     def on_message_complete(self) -> None:
+        self._progress = True
         if self._interim:
             self._interim = False
             return

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import pytest
 
 from tests.conftest import GatewayFactory
@@ -47,6 +49,50 @@ def _upstream(url: str) -> dict[str, Any]:
 async def _until_closed(reader: asyncio.StreamReader) -> None:
     while await reader.read(65536):
         pass
+
+
+@pytest.mark.parametrize(
+    "start",
+    [b"HTTP/1.1 200 OK\r\nX-Endless: ", b"HTTP/1.1 200 ", b"HTTP/1.1 200 OK\r\nX-Endless"],
+    ids=["header-value", "reason", "header-name"],
+)
+async def test_an_endless_head_line_is_refused_not_buffered(make_gateway: GatewayFactory, start: bytes) -> None:
+    # httptools keeps a header line until it ends: without a bound of ours, the gateway would take in all that
+    # comes for the whole read timeout (then answer 504), copying the growing line at every read.
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(start)
+        for _ in range(128):  # 8 MiB at most, then wait: the server stops by itself
+            writer.write(b"a" * 65536)
+            await writer.drain()
+        await _until_closed(reader)
+
+    async with raw_upstream(endless) as url:
+        gateway = await make_gateway(upstreams=_upstream(url))
+        response = await gateway.get("/open/x")
+        assert response.status == 502  # cut off as malformed, not waited out as a timeout
+
+
+async def test_an_endless_trailer_line_is_refused_not_buffered(
+    make_gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Trailers are header lines too, after a chunked body: the same bound, not the read timeout, ends them.
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-Endless: ")
+        for _ in range(128):
+            writer.write(b"a" * 65536)
+            await writer.drain()
+        await _until_closed(reader)
+
+    async with raw_upstream(endless) as url:
+        gateway = await make_gateway(upstreams=_upstream(url))
+        with caplog.at_level(logging.WARNING, logger="gateway.proxy"):
+            response = await gateway.get("/open/x")
+            assert response.status == 200
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await asyncio.wait_for(response.read(), WAIT)
+        assert "streamed body interrupted: UpstreamError" in caplog.messages  # not TimeoutError
 
 
 @pytest.mark.parametrize(
