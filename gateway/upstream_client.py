@@ -492,6 +492,7 @@ class UpstreamClient:
         if self._closed:
             raise UpstreamError("the client is closed")
         while self._open >= self._limit:
+            self._close_oldest_idle()  # its slot comes back when it is gone, to the first waiter
             waiter = asyncio.get_running_loop().create_future()
             self._slot_waiters.append(waiter)
             try:
@@ -500,6 +501,13 @@ class UpstreamClient:
                 if waiter in self._slot_waiters:
                     self._slot_waiters.remove(waiter)
         self._open += 1
+
+    def _close_oldest_idle(self) -> None:
+        """Idle connections hold slots too (aiohttp's limit counted only those in use): at the limit, one that
+        waits for a request of its upstream must not keep another upstream's request waiting."""
+        oldest = min((idle for idle in self._idle.values() if idle), key=lambda idle: idle[0].idle_since, default=None)
+        if oldest is not None:
+            oldest.popleft().close()
 
     def _release_slot(self) -> None:
         self._open -= 1

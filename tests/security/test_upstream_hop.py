@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.upstream_client import UpstreamClient
 from tests.conftest import GatewayFactory
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -117,3 +118,23 @@ async def test_content_in_an_interim_answer_never_reaches_the_client(
         body = await response.read()
         assert b"HE" not in body
         assert response.status == 502
+
+
+async def test_idle_connections_to_one_upstream_do_not_starve_another() -> None:
+    # The pool's limit counts idle connections too; aiohttp's counted only those in use. A burst to one upstream
+    # must not leave the others waiting until those idle connections expire.
+    async def ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.readuntil(b"\r\n\r\n"):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    client = UpstreamClient(limit=1, keepalive=300.0)
+    try:
+        async with raw_upstream(ok) as first, raw_upstream(ok) as second:
+            for url in (first, second, first):
+                answer = await client.send(url, "GET", "/", {}, body=None, connect_timeout=5.0, read_timeout=WAIT)
+                try:
+                    assert (answer.status, await answer.read()) == (200, b"ok")
+                finally:
+                    answer.release()
+    finally:
+        await client.close()
