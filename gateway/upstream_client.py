@@ -160,9 +160,11 @@ class UpstreamResponse:
             self.fail(UpstreamError("a line of the answer's head is too long"))
             self._connection.close()
 
-    def lost(self) -> None:
-        if self._head.done() and not self._complete and self.eof_delimited:
-            self._finish(keep_alive=False)  # a body without length ends where the connection does
+    def lost(self, exc: Exception | None) -> None:
+        if exc is None and self._head.done() and not self._complete and self.eof_delimited:
+            # A body without length ends where the connection does, when the upstream closes it; a reset (or our
+            # own close, which fails the exchange first) cuts it short.
+            self._finish(keep_alive=False)
         else:
             self.fail(UpstreamError("the upstream closed the connection"))
 
@@ -356,7 +358,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         if self.exchange is not None:
-            self.exchange.lost()
+            self.exchange.lost(exc)
         self._wake_drain()
         self.pool.forget(self)
 
@@ -398,6 +400,8 @@ class _Connection(asyncio.Protocol):
         self.transport.write(data)
 
     def close(self) -> None:
+        if self.exchange is not None:
+            self.exchange.fail(UpstreamError("the exchange was cut short"))
         if self.transport is not None and not self.lost:
             self.transport.abort()  # nothing in flight is worth flushing on a connection whose framing is off
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -138,3 +140,60 @@ async def test_idle_connections_to_one_upstream_do_not_starve_another() -> None:
                     answer.release()
     finally:
         await client.close()
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Close with a TCP reset rather than a FIN."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+async def test_a_reset_in_a_body_without_length_is_not_its_end(make_gateway: GatewayFactory) -> None:
+    # A body without length ends where the connection does (RFC 9112 §6.3), when the upstream closes it; a reset
+    # is a failure, and the client must see the answer cut, not complete.
+    relayed = asyncio.Event()
+
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\npartial")
+        await writer.drain()
+        await relayed.wait()
+        _reset(writer)
+
+    async with raw_upstream(cut) as url:
+        gateway = await make_gateway(upstreams=_upstream(url))
+        response = await gateway.get("/open/x")
+        assert response.status == 200
+        assert await response.content.readexactly(7) == b"partial"
+        relayed.set()
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await asyncio.wait_for(response.read(), WAIT)
+
+
+async def test_a_body_without_length_is_not_complete_when_the_gateway_cuts_the_upload(
+    make_gateway: GatewayFactory,
+) -> None:
+    # The upstream answers while the upload is in progress; the client then exceeds the body limit, so the gateway
+    # closes the upstream connection: what was relayed so far must not be presented as the whole answer.
+    relayed = asyncio.Event()
+
+    async def early(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\npartial")
+        await _until_closed(reader)
+
+    async def upload() -> AsyncIterator[bytes]:
+        yield b"x" * 10
+        await relayed.wait()
+        yield b"y" * 1000  # past the route's limit
+
+    async with raw_upstream(early) as url:
+        routes = [{"path": "/open/**", "policy": "public", "max_body_bytes": 100}]
+        gateway = await make_gateway(routes, upstreams=_upstream(url))
+        response = await gateway.post("/open/x", data=upload())
+        assert response.status == 200
+        assert await response.content.readexactly(7) == b"partial"
+        relayed.set()
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await asyncio.wait_for(response.read(), WAIT)
