@@ -253,7 +253,9 @@ class UpstreamResponse:
         writer = self._writer
         if writer is not None and not self._head.done():
             await asyncio.wait((self._head, writer), return_when=asyncio.FIRST_COMPLETED)
-            if not self._head.done():
+            # A writer that fails closes the connection, which fails the head too: its own error says more.
+            answered = self._head.done() and self._head.exception() is None
+            if not answered and writer.done():
                 error = None if writer.cancelled() else writer.exception()
                 if isinstance(error, TimeoutError):
                     raise TimeoutError("the upstream stopped taking the request body")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import socket
 import struct
@@ -197,3 +198,24 @@ async def test_a_body_without_length_is_not_complete_when_the_gateway_cuts_the_u
         relayed.set()
         with pytest.raises(aiohttp.ClientPayloadError):
             await asyncio.wait_for(response.read(), WAIT)
+
+
+async def test_an_upstream_that_stops_taking_the_body_is_a_timeout(make_gateway: GatewayFactory) -> None:
+    # The upstream neither reads the upload nor answers: the write stalls past the read timeout, a 504 (the client
+    # may retry), not a 502.
+    answered = asyncio.Event()
+
+    async def deaf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        # Never reads the body: the stream pauses its socket once its buffer is full.
+        await answered.wait()
+
+    async with raw_upstream(deaf) as url:
+        routes = [{"path": "/open/**", "policy": "public", "max_body_bytes": 64 * 1024 * 1024}]
+        gateway = await make_gateway(routes, upstreams=_upstream(url))
+        try:
+            upload = io.BytesIO(b"x" * (48 * 1024 * 1024))  # past every socket buffer
+            response = await gateway.post("/open/x", data=upload)
+        finally:
+            answered.set()
+        assert response.status == 504
