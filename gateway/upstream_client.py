@@ -481,32 +481,47 @@ class UpstreamClient:
     # -- the pool ------------------------------------------------------------------------------------------------
 
     async def _acquire(self, key: Origin, connect_timeout: float) -> tuple[_Connection, bool]:
-        idle = self._idle.get(key)
-        while idle:
-            connection = idle.pop()  # the most recently used: the least likely to have been closed
-            if not connection.lost:
-                return connection, True
+        connection = self._pooled(key)
+        if connection is not None:
+            return connection, True
         async with asyncio.timeout(connect_timeout):  # the wait for a free slot counts, so a full pool is a 504
-            await self._slot()
+            while self._open >= self._limit:
+                if self._closed:
+                    raise UpstreamError("the client is closed")
+                self._close_oldest_idle()  # its slot comes back when it is gone, to the first waiter
+                await self._wait_for_slot()
+                connection = self._pooled(key)  # woken by a connection going back to the pool, perhaps ours
+                if connection is not None:
+                    return connection, True
+            if self._closed:
+                raise UpstreamError("the client is closed")
+            self._open += 1
             try:
                 return await self._connect(key), False
             except BaseException:
                 self._release_slot()
                 raise
 
-    async def _slot(self) -> None:
-        if self._closed:
-            raise UpstreamError("the client is closed")
-        while self._open >= self._limit:
-            self._close_oldest_idle()  # its slot comes back when it is gone, to the first waiter
-            waiter = asyncio.get_running_loop().create_future()
-            self._slot_waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                if waiter in self._slot_waiters:
-                    self._slot_waiters.remove(waiter)
-        self._open += 1
+    def _pooled(self, key: Origin) -> _Connection | None:
+        idle = self._idle.get(key)
+        while idle:
+            connection = idle.pop()  # the most recently used: the least likely to have been closed
+            if not connection.lost:
+                return connection
+        return None
+
+    async def _wait_for_slot(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._slot_waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._wake_one()  # woken, then cancelled before it ran: the wake-up goes to the next in line
+            raise
+        finally:
+            if waiter in self._slot_waiters:
+                self._slot_waiters.remove(waiter)
 
     def _close_oldest_idle(self) -> None:
         """Idle connections hold slots too (aiohttp's limit counted only those in use): at the limit, one that
@@ -517,6 +532,9 @@ class UpstreamClient:
 
     def _release_slot(self) -> None:
         self._open -= 1
+        self._wake_one()
+
+    def _wake_one(self) -> None:
         while self._slot_waiters:
             waiter = self._slot_waiters.popleft()
             if not waiter.done():
@@ -548,6 +566,7 @@ class UpstreamClient:
             return
         connection.idle_since = time.monotonic()
         self._idle.setdefault(connection.key, collections.deque()).append(connection)
+        self._wake_one()  # a request waiting at the limit takes it (or closes it, if it is for another upstream)
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().call_later(self._keepalive, self._sweep)
 

@@ -143,6 +143,37 @@ async def test_idle_connections_to_one_upstream_do_not_starve_another() -> None:
         await client.close()
 
 
+async def test_at_the_limit_a_waiting_request_gets_the_connection_another_returns() -> None:
+    # At the limit, a request waits for a connection; one that goes back to the pool must reach it, or every
+    # request past the limit waits out its connect timeout (504) while connections sit idle.
+    async def ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.readuntil(b"\r\n\r\n"):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    client = UpstreamClient(limit=1, keepalive=300.0)
+    try:
+        async with raw_upstream(ok) as url:
+
+            async def get() -> bytes:
+                answer = await client.send(url, "GET", "/", {}, body=None, connect_timeout=5.0, read_timeout=WAIT)
+                try:
+                    return await answer.read()
+                finally:
+                    answer.release()
+
+            first = await client.send(url, "GET", "/", {}, body=None, connect_timeout=5.0, read_timeout=WAIT)
+            cancelled, waiting = asyncio.create_task(get()), asyncio.create_task(get())
+            await asyncio.sleep(0)  # both find no idle connection and no free slot
+            assert await first.read() == b"ok"
+            first.release()  # wakes the first in line...
+            cancelled.cancel()  # ...which goes away before it runs: the wake-up must reach the next
+            assert await waiting == b"ok"
+            assert cancelled.cancelled()
+            assert client.open_connections == 1
+    finally:
+        await client.close()
+
+
 def _reset(writer: asyncio.StreamWriter) -> None:
     """Close with a TCP reset rather than a FIN."""
     sock = writer.get_extra_info("socket")
