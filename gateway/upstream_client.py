@@ -26,6 +26,8 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+_NO_CONTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # no length sent when they carry no body
+_CHUNKED = "Transfer-Encoding: chunked"
 _HIGH_WATER = 256 * 1024  # stop reading the upstream socket while this much of an answer waits for the client
 _LOW_WATER = 64 * 1024
 MAX_HEAD_BYTES = 64 * 1024  # an upstream's answer head larger than this is a broken answer (aiohttp: 8 KiB a line)
@@ -68,7 +70,7 @@ def origin(url: str) -> Origin:
 
 
 def request_head(method: str, target: str, host: str, headers: Mapping[str, str], framing: str | None) -> bytes:
-    """The request line and headers. `framing`: a header line of ours (Transfer-Encoding), or None.
+    """The request line and headers. `framing`: a header line of ours (Transfer-Encoding or Content-Length), or None.
 
     Every value has passed a parser already (the client's, by aiohttp's server) or been encoded by us; a line break
     in one would still split the head, so the result is checked rather than trusted.
@@ -441,8 +443,11 @@ class UpstreamClient:
         key = origin(url)
         full_target = key.base_path + target
         framing = None
-        if body is not None and "Content-Length" not in headers:
-            framing = "Transfer-Encoding: chunked"
+        if "Content-Length" not in headers:
+            if body is not None:
+                framing = _CHUNKED
+            elif method not in _NO_CONTENT_METHODS:
+                framing = "Content-Length: 0"  # as aiohttp's client sent: some servers refuse a POST without (411)
         head = request_head(method, full_target, key.host_header, headers, framing)
         retry = body is None and method in _IDEMPOTENT
         while True:
@@ -452,7 +457,7 @@ class UpstreamClient:
             connection.write(head)
             if body is not None:
                 response._writer = asyncio.create_task(
-                    _send_body(connection, body, chunked=framing is not None, read_timeout=read_timeout)
+                    _send_body(connection, body, chunked=framing == _CHUNKED, read_timeout=read_timeout)
                 )
             try:
                 await response.wait_head()

@@ -21,6 +21,8 @@ import pytest
 from gateway.upstream_client import UpstreamClient
 from tests.conftest import GatewayFactory
 
+from .raw import request, send
+
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 WAIT = 30.0  # a bound against hanging, never a timing assertion
 
@@ -172,6 +174,26 @@ async def test_at_the_limit_a_waiting_request_gets_the_connection_another_return
             assert client.open_connections == 1
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize(("method", "sent"), [("POST", True), ("DELETE", True), ("GET", False)])
+async def test_a_request_without_body_carries_a_zero_length_as_before(
+    make_gateway: GatewayFactory, method: str, sent: bool
+) -> None:
+    # aiohttp's client sent `Content-Length: 0` for a method that may carry content; servers that require a length
+    # on a POST (411 Length Required) must keep working.
+    heads: list[bytes] = []
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    async with raw_upstream(record) as url:
+        gateway = await make_gateway(upstreams=_upstream(url))
+        answer = await send(gateway.port, request("/open/x", method=method))  # neither length nor body
+        assert answer.status == 200
+        assert (b"\r\nContent-Length: 0\r\n" in heads[0]) is sent
+        assert b"Transfer-Encoding" not in heads[0]
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:
