@@ -448,6 +448,9 @@ class UpstreamClient:
                 framing = _CHUNKED
             elif method not in _NO_CONTENT_METHODS:
                 framing = "Content-Length: 0"  # as aiohttp's client sent: some servers refuse a POST without (411)
+        # The client's Content-Length frames the body we send, so it must be the length of what we send: aiohttp's
+        # server hands over a gzip body inflated, and the bytes past that length would be a second request.
+        length = None if framing is not None or body is None else int(headers["Content-Length"])
         head = request_head(method, full_target, key.host_header, headers, framing)
         retry = body is None and method in _IDEMPOTENT
         while True:
@@ -457,7 +460,7 @@ class UpstreamClient:
             connection.write(head)
             if body is not None:
                 response._writer = asyncio.create_task(
-                    _send_body(connection, body, chunked=framing == _CHUNKED, read_timeout=read_timeout)
+                    _send_body(connection, body, length=length, read_timeout=read_timeout)
                 )
             try:
                 await response.wait_head()
@@ -596,22 +599,29 @@ class UpstreamClient:
 
 
 async def _send_body(
-    connection: _Connection, body: AsyncIterator[bytes], *, chunked: bool, read_timeout: float
+    connection: _Connection, body: AsyncIterator[bytes], *, length: int | None, read_timeout: float
 ) -> None:
-    """Write the body as it comes. Any failure (the client's 413 or 408 included) closes the connection: a body
-    cut short must never be taken by the upstream for a complete one."""
+    """Write the body as it comes: `length` bytes exactly, or in chunks when it is None. Any failure (the client's
+    413 or 408 included) closes the connection: a body cut short must never be taken by the upstream for a complete
+    one, and bytes past `length` would be read as another request."""
+    left = length
     try:
         async for piece in body:
             if not piece:
                 continue
-            if chunked:
+            if left is None:
                 connection.write(b"%x\r\n%b\r\n" % (len(piece), piece))
+            elif len(piece) > left:
+                raise UpstreamError("the request body is longer than its Content-Length")
             else:
+                left -= len(piece)
                 connection.write(piece)
             async with asyncio.timeout(read_timeout):  # an upstream that stops reading is a stalled upstream
                 await connection.drain()
-        if chunked:
+        if left is None:
             connection.write(_LAST_CHUNK)
+        elif left:
+            raise UpstreamError("the request body is shorter than its Content-Length")
     except BaseException:
         connection.close()
         raise

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import io
 import logging
 import socket
@@ -194,6 +195,47 @@ async def test_a_request_without_body_carries_a_zero_length_as_before(
         assert answer.status == 200
         assert (b"\r\nContent-Length: 0\r\n" in heads[0]) is sent
         assert b"Transfer-Encoding" not in heads[0]
+
+
+def _inflating_body(smuggled: bytes) -> bytes:
+    """A gzip body whose inflated form holds `smuggled` right where its compressed length ends."""
+    pad = 0
+    for _ in range(50):
+        body = gzip.compress(b"a" * pad + smuggled, mtime=0)
+        if len(body) == pad:
+            return body
+        pad = len(body)
+    raise AssertionError("no fixed point")
+
+
+@pytest.mark.parametrize("inflated", ["longer", "shorter"])
+async def test_an_inflated_body_never_outgrows_its_content_length(make_gateway: GatewayFactory, inflated: str) -> None:
+    # aiohttp's server inflates a `Content-Encoding: gzip` body; the client's Content-Length, forwarded, counts the
+    # compressed bytes. Sent whole after it, the inflated bytes past that length reached the upstream as a second
+    # request, unauthenticated, with identity headers of the attacker's choosing (aiohttp's client clipped them).
+    smuggled = b"GET /api/private HTTP/1.1\r\nHost: x\r\nX-Auth-Subject: admin\r\n\r\n"
+    body = _inflating_body(smuggled) if inflated == "longer" else gzip.compress(b"tiny", mtime=0)
+    received: list[bytes] = []
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(await reader.readuntil(b"\r\n\r\n"))
+        try:
+            received.append(await reader.readexactly(len(body)))
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            while extra := await reader.read(65536):  # anything past the body: the next request
+                received.append(extra)
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            if isinstance(exc, asyncio.IncompleteReadError):
+                received.append(exc.partial)
+
+    async with raw_upstream(record) as url:
+        gateway = await make_gateway(upstreams=_upstream(url))
+        headers = (f"Content-Length: {len(body)}", "Content-Encoding: gzip")
+        answer = await send(gateway.port, request("/open/x", *headers, method="POST", body=body))
+        assert answer.status == 502  # the body the gateway has is not the one the client's length describes
+    assert b"/api/private" not in b"".join(received)
+    assert len(b"".join(received[1:])) <= len(body)
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:
