@@ -332,7 +332,18 @@ class UpstreamResponse:
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("_drain", "_paused", "exchange", "idle_since", "key", "lost", "pool", "reading", "transport")
+    __slots__ = (
+        "_drain",
+        "_paused",
+        "exchange",
+        "holds_slot",
+        "idle_since",
+        "key",
+        "lost",
+        "pool",
+        "reading",
+        "transport",
+    )
 
     def __init__(self, pool: UpstreamClient, key: Origin) -> None:
         self.pool = pool
@@ -340,6 +351,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.exchange: UpstreamResponse | None = None
         self.lost = False
+        self.holds_slot = False  # set once _acquire has it: until then, its slot is _acquire's to free
         self.reading = True
         self.idle_since = 0.0
         self._paused = False
@@ -505,10 +517,12 @@ class UpstreamClient:
                 raise UpstreamError("the client is closed")
             self._open += 1
             try:
-                return await self._connect(key), False
+                connection = await self._connect(key)
             except BaseException:
                 self._release_slot()
                 raise
+            connection.holds_slot = True
+            return connection, False
 
     def _pooled(self, key: Origin) -> _Connection | None:
         idle = self._idle.get(key)
@@ -579,11 +593,13 @@ class UpstreamClient:
             self._sweeper = asyncio.get_running_loop().call_later(self._keepalive, self._sweep)
 
     def forget(self, connection: _Connection) -> None:
-        """Called once per connection, when it is gone: frees its slot and drops it from the idle list."""
+        """Called once per connection, when it is gone: frees its slot and drops it from the idle list. A connection
+        made as its connect was cancelled never held one: _acquire freed that slot."""
         idle = self._idle.get(connection.key)
         if idle is not None and connection in idle:
             idle.remove(connection)
-        self._release_slot()
+        if connection.holds_slot:
+            self._release_slot()
 
     def _sweep(self) -> None:
         self._sweeper = None

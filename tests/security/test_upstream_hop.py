@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.upstream_client import UpstreamClient
+from gateway.upstream_client import UpstreamClient, _Connection
 from tests.conftest import GatewayFactory
 
 from .raw import request, send
@@ -236,6 +236,35 @@ async def test_an_inflated_body_never_outgrows_its_content_length(make_gateway: 
         assert answer.status == 502  # the body the gateway has is not the one the client's length describes
     assert b"/api/private" not in b"".join(received)
     assert len(b"".join(received[1:])) <= len(body)
+
+
+async def test_a_connect_cancelled_as_it_completes_frees_its_slot_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Cancelled (a connect timeout, a client gone) after the connection was made but before create_connection
+    # returned: asyncio closes the transport, so connection_lost frees the slot, and so did _acquire. Counted twice,
+    # the limit would drift upwards for good.
+    async def ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    made = _Connection.connection_made
+
+    def made_then_cancelled(connection: _Connection, transport: asyncio.BaseTransport) -> None:
+        made(connection, transport)
+        connecting.cancel()  # runs as a callback of the loop, before create_connection returns
+
+    monkeypatch.setattr(_Connection, "connection_made", made_then_cancelled)
+    client = UpstreamClient(limit=1, keepalive=300.0)
+    try:
+        async with raw_upstream(ok) as url:
+            connecting = asyncio.create_task(
+                client.send(url, "GET", "/", {}, body=None, connect_timeout=5.0, read_timeout=WAIT)
+            )
+            with pytest.raises(asyncio.CancelledError):
+                await connecting
+            for _ in range(10):  # let connection_lost run
+                await asyncio.sleep(0)
+            assert client.open_connections == 0
+    finally:
+        await client.close()
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:
