@@ -26,6 +26,8 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+_NO_CONTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # no length sent when they carry no body
+_CHUNKED = "Transfer-Encoding: chunked"
 _HIGH_WATER = 256 * 1024  # stop reading the upstream socket while this much of an answer waits for the client
 _LOW_WATER = 64 * 1024
 MAX_HEAD_BYTES = 64 * 1024  # an upstream's answer head larger than this is a broken answer (aiohttp: 8 KiB a line)
@@ -68,7 +70,7 @@ def origin(url: str) -> Origin:
 
 
 def request_head(method: str, target: str, host: str, headers: Mapping[str, str], framing: str | None) -> bytes:
-    """The request line and headers. `framing`: a header line of ours (Transfer-Encoding), or None.
+    """The request line and headers. `framing`: a header line of ours (Transfer-Encoding or Content-Length), or None.
 
     Every value has passed a parser already (the client's, by aiohttp's server) or been encoded by us; a line break
     in one would still split the head, so the result is checked rather than trusted.
@@ -100,6 +102,8 @@ class UpstreamResponse:
         "_interim",
         "_keep_alive",
         "_parser",
+        "_pending",
+        "_progress",
         "_raw_headers",
         "_read_timeout",
         "_received",
@@ -120,6 +124,8 @@ class UpstreamResponse:
         self._head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
+        self._pending = 0
+        self._progress = False
         self._received = False
         self._interim = False
         self._chunks: collections.deque[bytes] = collections.deque()
@@ -139,15 +145,28 @@ class UpstreamResponse:
 
     def feed(self, data: bytes) -> None:
         self._received = True
+        self._progress = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self.fail(UpstreamError(f"malformed answer: {type(exc).__name__}"))
             self._connection.close()
+            return
+        # httptools keeps a header line (we keep the reason) until it ends: bytes that complete nothing are bounded,
+        # or one endless line would be taken in, and copied at every read, for the whole read timeout.
+        if self._progress:
+            self._pending = 0
+            return
+        self._pending += len(data)
+        if self._pending > MAX_HEAD_BYTES:
+            self.fail(UpstreamError("a line of the answer's head is too long"))
+            self._connection.close()
 
-    def lost(self) -> None:
-        if self._head.done() and not self._complete and self.eof_delimited:
-            self._finish(keep_alive=False)  # a body without length ends where the connection does
+    def lost(self, exc: Exception | None) -> None:
+        if exc is None and self._head.done() and not self._complete and self.eof_delimited:
+            # A body without length ends where the connection does, when the upstream closes it; a reset (or our
+            # own close, which fails the exchange first) cuts it short.
+            self._finish(keep_alive=False)
         else:
             self.fail(UpstreamError("the upstream closed the connection"))
 
@@ -176,9 +195,13 @@ class UpstreamResponse:
         if self._head_bytes > MAX_HEAD_BYTES or len(self._raw_headers) >= MAX_HEADERS:
             raise UpstreamError("the answer's head is too large")
         self._raw_headers.append((name, value))
+        self._progress = True
 
     def on_headers_complete(self) -> None:
+        self._progress = True
         status = self._parser.get_status_code()
+        if status < 100:
+            raise UpstreamError("a status code below 100")
         if status < 200:  # 100 Continue, 103 Early Hints: the real answer follows on the same connection
             self._interim = True
             self._raw_headers.clear()
@@ -201,10 +224,15 @@ class UpstreamResponse:
             self._finish(keep_alive=self._parser.should_keep_alive())
 
     def on_body(self, body: bytes) -> None:
+        if self._interim:
+            # A 1xx has no content (RFC 9110 §15.2), but llhttp reads one for 1xx codes other than 100-103: taking
+            # it as the final answer's would relay bytes past that answer's Content-Length to the client.
+            raise UpstreamError("content in an interim answer")
         if self._complete:  # a body after an answer to HEAD
             self._keep_alive = False
             self._connection.close()
             return
+        self._progress = True
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > _HIGH_WATER:
@@ -212,6 +240,7 @@ class UpstreamResponse:
         self._wake()
 
     def on_message_complete(self) -> None:
+        self._progress = True
         if self._interim:
             self._interim = False
             return
@@ -226,7 +255,9 @@ class UpstreamResponse:
         writer = self._writer
         if writer is not None and not self._head.done():
             await asyncio.wait((self._head, writer), return_when=asyncio.FIRST_COMPLETED)
-            if not self._head.done():
+            # A writer that fails closes the connection, which fails the head too: its own error says more.
+            answered = self._head.done() and self._head.exception() is None
+            if not answered and writer.done():
                 error = None if writer.cancelled() else writer.exception()
                 if isinstance(error, TimeoutError):
                     raise TimeoutError("the upstream stopped taking the request body")
@@ -301,7 +332,18 @@ class UpstreamResponse:
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("_drain", "_paused", "exchange", "idle_since", "key", "lost", "pool", "reading", "transport")
+    __slots__ = (
+        "_drain",
+        "_paused",
+        "exchange",
+        "holds_slot",
+        "idle_since",
+        "key",
+        "lost",
+        "pool",
+        "reading",
+        "transport",
+    )
 
     def __init__(self, pool: UpstreamClient, key: Origin) -> None:
         self.pool = pool
@@ -309,6 +351,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.exchange: UpstreamResponse | None = None
         self.lost = False
+        self.holds_slot = False  # set once _acquire has it: until then, its slot is _acquire's to free
         self.reading = True
         self.idle_since = 0.0
         self._paused = False
@@ -331,7 +374,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         if self.exchange is not None:
-            self.exchange.lost()
+            self.exchange.lost(exc)
         self._wake_drain()
         self.pool.forget(self)
 
@@ -373,6 +416,8 @@ class _Connection(asyncio.Protocol):
         self.transport.write(data)
 
     def close(self) -> None:
+        if self.exchange is not None:
+            self.exchange.fail(UpstreamError("the exchange was cut short"))
         if self.transport is not None and not self.lost:
             self.transport.abort()  # nothing in flight is worth flushing on a connection whose framing is off
 
@@ -410,8 +455,14 @@ class UpstreamClient:
         key = origin(url)
         full_target = key.base_path + target
         framing = None
-        if body is not None and "Content-Length" not in headers:
-            framing = "Transfer-Encoding: chunked"
+        if "Content-Length" not in headers:
+            if body is not None:
+                framing = _CHUNKED
+            elif method not in _NO_CONTENT_METHODS:
+                framing = "Content-Length: 0"  # as aiohttp's client sent: some servers refuse a POST without (411)
+        # The client's Content-Length frames the body we send, so it must be the length of what we send: aiohttp's
+        # server hands over a gzip body inflated, and the bytes past that length would be a second request.
+        length = None if framing is not None or body is None else int(headers["Content-Length"])
         head = request_head(method, full_target, key.host_header, headers, framing)
         retry = body is None and method in _IDEMPOTENT
         while True:
@@ -421,7 +472,7 @@ class UpstreamClient:
             connection.write(head)
             if body is not None:
                 response._writer = asyncio.create_task(
-                    _send_body(connection, body, chunked=framing is not None, read_timeout=read_timeout)
+                    _send_body(connection, body, length=length, read_timeout=read_timeout)
                 )
             try:
                 await response.wait_head()
@@ -450,34 +501,62 @@ class UpstreamClient:
     # -- the pool ------------------------------------------------------------------------------------------------
 
     async def _acquire(self, key: Origin, connect_timeout: float) -> tuple[_Connection, bool]:
+        connection = self._pooled(key)
+        if connection is not None:
+            return connection, True
+        async with asyncio.timeout(connect_timeout):  # the wait for a free slot counts, so a full pool is a 504
+            while self._open >= self._limit:
+                if self._closed:
+                    raise UpstreamError("the client is closed")
+                self._close_oldest_idle()  # its slot comes back when it is gone, to the first waiter
+                await self._wait_for_slot()
+                connection = self._pooled(key)  # woken by a connection going back to the pool, perhaps ours
+                if connection is not None:
+                    return connection, True
+            if self._closed:
+                raise UpstreamError("the client is closed")
+            self._open += 1
+            try:
+                connection = await self._connect(key)
+            except BaseException:
+                self._release_slot()
+                raise
+            connection.holds_slot = True
+            return connection, False
+
+    def _pooled(self, key: Origin) -> _Connection | None:
         idle = self._idle.get(key)
         while idle:
             connection = idle.pop()  # the most recently used: the least likely to have been closed
             if not connection.lost:
-                return connection, True
-        async with asyncio.timeout(connect_timeout):  # the wait for a free slot counts, so a full pool is a 504
-            await self._slot()
-            try:
-                return await self._connect(key), False
-            except BaseException:
-                self._release_slot()
-                raise
+                return connection
+        return None
 
-    async def _slot(self) -> None:
-        if self._closed:
-            raise UpstreamError("the client is closed")
-        while self._open >= self._limit:
-            waiter = asyncio.get_running_loop().create_future()
-            self._slot_waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                if waiter in self._slot_waiters:
-                    self._slot_waiters.remove(waiter)
-        self._open += 1
+    async def _wait_for_slot(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._slot_waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._wake_one()  # woken, then cancelled before it ran: the wake-up goes to the next in line
+            raise
+        finally:
+            if waiter in self._slot_waiters:
+                self._slot_waiters.remove(waiter)
+
+    def _close_oldest_idle(self) -> None:
+        """Idle connections hold slots too (aiohttp's limit counted only those in use): at the limit, one that
+        waits for a request of its upstream must not keep another upstream's request waiting."""
+        oldest = min((idle for idle in self._idle.values() if idle), key=lambda idle: idle[0].idle_since, default=None)
+        if oldest is not None:
+            oldest.popleft().close()
 
     def _release_slot(self) -> None:
         self._open -= 1
+        self._wake_one()
+
+    def _wake_one(self) -> None:
         while self._slot_waiters:
             waiter = self._slot_waiters.popleft()
             if not waiter.done():
@@ -509,15 +588,18 @@ class UpstreamClient:
             return
         connection.idle_since = time.monotonic()
         self._idle.setdefault(connection.key, collections.deque()).append(connection)
+        self._wake_one()  # a request waiting at the limit takes it (or closes it, if it is for another upstream)
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().call_later(self._keepalive, self._sweep)
 
     def forget(self, connection: _Connection) -> None:
-        """Called once per connection, when it is gone: frees its slot and drops it from the idle list."""
+        """Called once per connection, when it is gone: frees its slot and drops it from the idle list. A connection
+        made as its connect was cancelled never held one: _acquire freed that slot."""
         idle = self._idle.get(connection.key)
         if idle is not None and connection in idle:
             idle.remove(connection)
-        self._release_slot()
+        if connection.holds_slot:
+            self._release_slot()
 
     def _sweep(self) -> None:
         self._sweeper = None
@@ -533,22 +615,29 @@ class UpstreamClient:
 
 
 async def _send_body(
-    connection: _Connection, body: AsyncIterator[bytes], *, chunked: bool, read_timeout: float
+    connection: _Connection, body: AsyncIterator[bytes], *, length: int | None, read_timeout: float
 ) -> None:
-    """Write the body as it comes. Any failure (the client's 413 or 408 included) closes the connection: a body
-    cut short must never be taken by the upstream for a complete one."""
+    """Write the body as it comes: `length` bytes exactly, or in chunks when it is None. Any failure (the client's
+    413 or 408 included) closes the connection: a body cut short must never be taken by the upstream for a complete
+    one, and bytes past `length` would be read as another request."""
+    left = length
     try:
         async for piece in body:
             if not piece:
                 continue
-            if chunked:
+            if left is None:
                 connection.write(b"%x\r\n%b\r\n" % (len(piece), piece))
+            elif len(piece) > left:
+                raise UpstreamError("the request body is longer than its Content-Length")
             else:
+                left -= len(piece)
                 connection.write(piece)
             async with asyncio.timeout(read_timeout):  # an upstream that stops reading is a stalled upstream
                 await connection.drain()
-        if chunked:
+        if left is None:
             connection.write(_LAST_CHUNK)
+        elif left:
+            raise UpstreamError("the request body is shorter than its Content-Length")
     except BaseException:
         connection.close()
         raise
