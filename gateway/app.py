@@ -69,6 +69,9 @@ def handler_args(limits: Limits) -> dict[str, Any]:
         "keepalive_timeout": limits.keepalive_timeout,
         # After an early answer (413, 408, 401 on a POST) aiohttp drains the unread body this long, no longer.
         "lingering_time": min(limits.body_timeout, 10.0),
+        # Bodies go upstream as the client framed them: inflating a gzip body would make it disagree with the
+        # Content-Length that is forwarded (and a proxy has no business decoding content). Limits count wire bytes.
+        "auto_decompress": False,
         # aiohttp's access log prints the request line, query string included (tokens, on query-token routes);
         # gateway.access logs one line per decision instead.
         "access_log": None,

@@ -460,8 +460,8 @@ class UpstreamClient:
                 framing = _CHUNKED
             elif method not in _NO_CONTENT_METHODS:
                 framing = "Content-Length: 0"  # as aiohttp's client sent: some servers refuse a POST without (411)
-        # The client's Content-Length frames the body we send, so it must be the length of what we send: aiohttp's
-        # server hands over a gzip body inflated, and the bytes past that length would be a second request.
+        # The client's Content-Length frames the body we send, so it must be the length of what we send: bytes past
+        # it would be read as a second request. (The server is told not to inflate bodies; this holds regardless.)
         length = None if framing is not None or body is None else int(headers["Content-Length"])
         head = request_head(method, full_target, key.host_header, headers, framing)
         retry = body is None and method in _IDEMPOTENT
