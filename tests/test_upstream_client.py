@@ -721,6 +721,55 @@ async def test_a_body_that_breaks_off_never_looks_complete(client: UpstreamClien
         await settle(lambda: client.open_connections == 0)
 
 
+@pytest.mark.parametrize(
+    ("method", "framing"),
+    [
+        ("GET", b""),
+        ("HEAD", b""),
+        ("OPTIONS", b""),
+        ("POST", b"Content-Length: 0\r\n"),
+        ("PUT", b"Content-Length: 0\r\n"),
+        ("PATCH", b"Content-Length: 0\r\n"),
+        ("DELETE", b"Content-Length: 0\r\n"),
+    ],
+)
+async def test_a_request_without_body_carries_a_zero_length_unless_it_is_a_read(
+    client: UpstreamClient, method: str, framing: bytes
+) -> None:
+    answer = b"HTTP/1.1 204 No Content\r\n\r\n"
+    async with RawServer(answering(answer)) as server:
+        response = await send(client, server.url, "/x", method=method)
+        response.release()
+        expected = b"%s /x HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%s\r\n" % (method.encode(), server.port, framing)
+        assert bytes(server.peers[0].received) == expected
+
+
+async def test_a_given_content_length_is_not_repeated(client: UpstreamClient) -> None:
+    async with RawServer(answering(OK)) as server:
+        assert await fetch(client, server.url, method="POST", headers={"Content-Length": "0"}) == (200, b"ok")
+        assert bytes(server.peers[0].received).lower().count(b"content-length") == 1
+
+
+@pytest.mark.parametrize(
+    ("length", "chunks", "sent"),
+    [(4, (b"abc", b"defg"), b"abc"), (10, (b"abc",), b"abc")],
+    ids=["longer", "shorter"],
+)
+async def test_a_body_that_does_not_match_its_content_length_is_cut(
+    client: UpstreamClient, length: int, chunks: tuple[bytes, ...], sent: bytes
+) -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.read_to_eof()
+
+    async with RawServer(handler) as server:
+        with pytest.raises(UpstreamError):
+            await send(client, server.url, method="POST", headers={"Content-Length": str(length)}, body=pieces(*chunks))
+        await settle(lambda: server.peers[0].eof.is_set())
+        assert bytes(server.peers[0].received).partition(b"\r\n\r\n")[2] == sent  # never a byte past the length
+        await settle(lambda: client.open_connections == 0)
+
+
 async def test_an_answer_before_the_whole_body_closes_the_connection(client: UpstreamClient) -> None:
     stall = asyncio.Event()
 
