@@ -58,6 +58,8 @@ def origin(url: str) -> Origin:
     tls = parts.scheme == "https"
     default = 443 if tls else 80
     host = parts.hostname or ""
+    if not host.isascii():
+        host = host.encode("idna").decode("ascii")  # an internationalised name, as DNS and Host carry it
     port = parts.port or default
     shown = f"[{host}]" if ":" in host else host
     return Origin(
@@ -452,6 +454,8 @@ class UpstreamClient:
     ) -> UpstreamResponse:
         """Send a request and wait for the head of its answer. `url`: the upstream's base URL; `target`: path and
         query, as forwarded. TimeoutError when the upstream cannot be reached or does not answer in time."""
+        if not isinstance(headers, CIMultiDict | CIMultiDictProxy):
+            headers = CIMultiDict(headers)  # framing looks up Content-Length, in whatever case it was given
         key = origin(url)
         full_target = key.base_path + target
         framing = None

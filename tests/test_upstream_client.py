@@ -987,6 +987,7 @@ async def test_idle_connections_close_after_keepalive() -> None:
         ("http://127.0.0.1:8080/base/v1/", "127.0.0.1", 8080, False, "127.0.0.1:8080", "/base/v1"),
         ("http://[::1]:8080/x", "::1", 8080, False, "[::1]:8080", "/x"),
         ("https://[2001:db8::1]/", "2001:db8::1", 443, True, "[2001:db8::1]", ""),
+        ("http://bücher.example:8080", "xn--bcher-kva.example", 8080, False, "xn--bcher-kva.example:8080", ""),
     ],
 )
 def test_origin(url: str, host: str, port: int, tls: bool, host_header: str, base_path: str) -> None:
