@@ -38,11 +38,43 @@ class _Latencies:
         return out
 
 
+class Tally:
+    """One counter series: a plain int (see HotPathStats)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+
+class TallyFamily:
+    """A counter with one label, as prometheus-client's `Counter(...).labels(value)` is used, lock-free."""
+
+    def __init__(self, name: str, documentation: str, label: str) -> None:
+        self.name, self.documentation, self.label = name, documentation, label
+        self.series: dict[str, Tally] = {}
+
+    def labels(self, value: str) -> Tally:
+        tally = self.series.get(value)
+        if tally is None:
+            tally = self.series[value] = Tally()
+        return tally
+
+    def family(self) -> CounterMetricFamily:
+        family = CounterMetricFamily(self.name, self.documentation, labels=[self.label])
+        for value, tally in self.series.items():
+            family.add_metric([value], tally.value)
+        return family
+
+
 class HotPathStats(Collector):
     """The per-request series, in plain ints and floats, rendered by prometheus-client at scrape time.
 
     prometheus-client's own Counter and Histogram take a lock per increment, for threads the gateway does not
-    have: its requests, and its /metrics scrapes, all run on one event loop. Per request that was 7 lock round
+    have: its requests, and its /metrics scrapes, all run on one event loop. Per request that was 8 lock round
     trips (docs/benchmarks.md).
     """
 
@@ -51,6 +83,7 @@ class HotPathStats(Collector):
         self.requests: dict[tuple[str, str, int], int] = {}  # (route, decision, status)
         self.request_seconds: dict[str, _Latencies] = {}
         self.upstream_seconds: dict[str, _Latencies] = {}
+        self.cache = TallyFamily("gateway_introspection_cache", "Introspection cache lookups by result", "result")
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
@@ -67,6 +100,7 @@ class HotPathStats(Collector):
             "upstream",
             self.upstream_seconds,
         )
+        yield self.cache.family()
 
 
 def _histogram(name: str, documentation: str, label: str, series: dict[str, _Latencies]) -> HistogramMetricFamily:
@@ -88,9 +122,7 @@ class Metrics:
         self.introspection_seconds = Histogram(
             "gateway_introspection_duration_seconds", "Introspection call latency", buckets=_LATENCY_BUCKETS, registry=r
         )
-        self.cache = Counter(
-            "gateway_introspection_cache", "Introspection cache lookups by result", ["result"], registry=r
-        )
+        self.cache = self.hot.cache  # a lookup per request: lock-free like the request series
         self.reloads = Counter("gateway_config_reloads", "Config reloads by result", ["result"], registry=r)
 
     def request_started(self) -> None:

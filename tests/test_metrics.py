@@ -27,6 +27,10 @@ def test_request_series_read_as_prometheus_client_renders_them() -> None:
         "gateway_upstream_duration_seconds", "", ["upstream"], buckets=_LATENCY_BUCKETS, registry=theirs
     )
     in_flight = Gauge("gateway_requests_in_flight", "", registry=theirs)
+    cache = Counter("gateway_introspection_cache", "", ["result"], registry=theirs)
+    for result, amount in (("hit", 1), ("evicted", 3), ("hit", 1), ("miss", 1)):
+        ours.cache.labels(result).inc(amount)
+        cache.labels(result).inc(amount)
     for i, value in enumerate(SAMPLES):
         route, status = ("a", 200) if i % 3 else ("b", 403)
         ours.request_done(route, "allow" if status == 200 else "deny", status, value)
@@ -45,6 +49,7 @@ def test_request_series_read_as_prometheus_client_renders_them() -> None:
         "gateway_request_duration_seconds_",
         "gateway_upstream_duration_seconds_",
         "gateway_requests_in_flight",
+        "gateway_introspection_cache_total",
     ):
         assert _series(mine, prefix) == _series(reference, prefix), prefix
         assert _series(mine, prefix)  # something to compare
