@@ -136,10 +136,10 @@ def credentials(route: Route, limits: Limits, request: web.Request, query: str |
     return header, query
 
 
-async def refuse_form_token(request: web.Request, body: BodyGuard | None) -> None:
+async def refuse_form_token(request: web.Request, body: BodyGuard) -> None:
     """A token in a form body too (RFC 6750 §2.2) is 400. Run after authentication: only a client with a valid
     token can make the gateway buffer a body (within the route's limit) to look."""
-    if body is not None and request.content_type == _FORM and form_has_token(await body.read_all()):
+    if request.content_type == _FORM and form_has_token(await body.read_all()):
         raise InvalidRequestToken("the access token was sent in more than one place")
 
 

@@ -9,9 +9,10 @@ truncated body can never look complete.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -33,6 +34,18 @@ def upstream_target(path: str, query: str | None) -> str:
     return path if query is None else f"{path}?{query}"
 
 
+@contextlib.contextmanager
+def _before_the_answer(upstream: Upstream) -> Iterator[None]:
+    """An upstream failure while nothing has gone to the client yet: 504 for a timeout, 502 for anything else."""
+    try:
+        yield
+    except TimeoutError as exc:
+        raise UpstreamTimeout() from exc
+    except UpstreamError as exc:
+        log.warning("upstream %s: %s", upstream.name, exc)
+        raise UpstreamUnavailable() from exc
+
+
 async def forward(
     request: web.Request,
     client: UpstreamClient,
@@ -47,7 +60,7 @@ async def forward(
     `before_prepare`: applied to a streamed answer just before its headers go out (a small one is returned
     unsent, for the caller to finish)."""
     started = time.perf_counter()
-    try:
+    with _before_the_answer(upstream):
         answer = await client.send(
             upstream.url,
             request.method,
@@ -57,11 +70,6 @@ async def forward(
             connect_timeout=upstream.connect_timeout,
             read_timeout=upstream.read_timeout,
         )
-    except TimeoutError as exc:
-        raise UpstreamTimeout() from exc
-    except UpstreamError as exc:
-        log.warning("upstream %s: %s", upstream.name, exc)
-        raise UpstreamUnavailable() from exc
     metrics.upstream_done(upstream.name, time.perf_counter() - started)
     try:
         return await _relay(request, answer, upstream, before_prepare)
@@ -83,13 +91,8 @@ async def _relay(
         small = web.Response(status=status, reason=reason)
         small.headers.extend(headers)  # into the answer's own set: passing them to Response() would copy them
         if not no_body:
-            try:
+            with _before_the_answer(upstream):  # nothing has gone to the client yet
                 small.body = await upstream_answer.read()
-            except TimeoutError as exc:
-                raise UpstreamTimeout() from exc
-            except UpstreamError as exc:
-                log.warning("upstream %s: %s", upstream.name, exc)
-                raise UpstreamUnavailable() from exc
         return small
 
     response = web.StreamResponse(status=status, reason=reason)
