@@ -81,7 +81,7 @@ class AccessRecord(logging.LogRecord):
         self.msecs = (now - int(now)) * 1000
         self.relativeCreated = (now - _STARTED) * 1000
         self.thread = self.threadName = self.processName = self.process = None
-        self.fields = fields
+        self.__dict__[FIELDS] = fields  # where the formatters (and `extra={FIELDS: ...}`) put them
 
 
 # The fallback for what orjson refuses (integers beyond 64 bits); built once, as json.dumps with arguments builds
