@@ -53,6 +53,12 @@ def _upstream(url: str) -> dict[str, Any]:
     return {"default": {"url": url, "connect_timeout_seconds": 2, "read_timeout_seconds": 2}}
 
 
+async def _answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A keep-alive upstream answering every request with a small 200."""
+    while await reader.readuntil(b"\r\n\r\n"):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
 async def _until_closed(reader: asyncio.StreamReader) -> None:
     while await reader.read(65536):
         pass
@@ -129,13 +135,9 @@ async def test_content_in_an_interim_answer_never_reaches_the_client(
 async def test_idle_connections_to_one_upstream_do_not_starve_another() -> None:
     # The pool's limit counts idle connections too; aiohttp's counted only those in use. A burst to one upstream
     # must not leave the others waiting until those idle connections expire.
-    async def ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while await reader.readuntil(b"\r\n\r\n"):
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-
     client = UpstreamClient(limit=1, keepalive=300.0)
     try:
-        async with raw_upstream(ok) as first, raw_upstream(ok) as second:
+        async with raw_upstream(_answer_ok) as first, raw_upstream(_answer_ok) as second:
             for url in (first, second, first):
                 answer = await client.send(url, "GET", "/", {}, body=None, connect_timeout=5.0, read_timeout=WAIT)
                 try:
@@ -149,13 +151,9 @@ async def test_idle_connections_to_one_upstream_do_not_starve_another() -> None:
 async def test_at_the_limit_a_waiting_request_gets_the_connection_another_returns() -> None:
     # At the limit, a request waits for a connection; one that goes back to the pool must reach it, or every
     # request past the limit waits out its connect timeout (504) while connections sit idle.
-    async def ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while await reader.readuntil(b"\r\n\r\n"):
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-
     client = UpstreamClient(limit=1, keepalive=300.0)
     try:
-        async with raw_upstream(ok) as url:
+        async with raw_upstream(_answer_ok) as url:
 
             async def get() -> bytes:
                 answer = await client.send(url, "GET", "/", {}, body=None, connect_timeout=5.0, read_timeout=WAIT)
@@ -270,7 +268,7 @@ async def test_a_connect_cancelled_as_it_completes_frees_its_slot_once(monkeypat
     # Cancelled (a connect timeout, a client gone) after the connection was made but before create_connection
     # returned: asyncio closes the transport, so connection_lost frees the slot, and so did _acquire. Counted twice,
     # the limit would drift upwards for good.
-    async def ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()
 
     made = _Connection.connection_made
@@ -282,7 +280,7 @@ async def test_a_connect_cancelled_as_it_completes_frees_its_slot_once(monkeypat
     monkeypatch.setattr(_Connection, "connection_made", made_then_cancelled)
     client = UpstreamClient(limit=1, keepalive=300.0)
     try:
-        async with raw_upstream(ok) as url:
+        async with raw_upstream(silent) as url:
             connecting = asyncio.create_task(
                 client.send(url, "GET", "/", {}, body=None, connect_timeout=5.0, read_timeout=WAIT)
             )
