@@ -25,6 +25,7 @@ from demo_backend.app import build_app as build_backend
 from demo_backend.idp import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_TOKENS, IdPSettings, build_idp_app
 from gateway.app import METRICS, RELOADER, RUNTIME, build_app
 from gateway.reload import ConfigSource
+from gateway.testing import GatewayTestServer
 
 CLIENTS = 16
 LOAD = [
@@ -67,7 +68,8 @@ async def main(seconds: float, rate: float) -> int:
         upstream = str(backend.make_url("")).rstrip("/")
         path.write_text(yaml.safe_dump(_document(issuer, upstream, True)))
         source = ConfigSource(path)
-        gateway = await _serve(build_app(source.load(), source=source))
+        gateway = GatewayTestServer(build_app(source.load(), source=source), host="127.0.0.1")
+        await gateway.start_server()
         app = gateway.app
         assert app is not None
         base = str(gateway.make_url("")).rstrip("/")

@@ -1,11 +1,12 @@
-"""build_app(config): the aiohttp application, its sessions and its one catch-all handler."""
+"""build_app(config): the gateway's state, its sessions and its one handler; GatewayRunner serves it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -13,7 +14,7 @@ from aiohttp import http_parser, web
 
 from .cache import CachingAuthenticator
 from .config import Config, Limits
-from .errors import BadRequest, Handler, error_middleware, error_response
+from .errors import BadRequest, answer_errors, error_response
 from .introspection import Introspector
 from .metrics import Metrics
 from .pipeline import Runtime, echo_headers, handle
@@ -78,18 +79,58 @@ def handler_args(limits: Limits) -> dict[str, Any]:
     }
 
 
-@web.middleware
-async def origin_form_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+def refuse_non_origin_form(request: web.BaseRequest) -> web.Response | None:
     """CONNECT and `OPTIONS *` are not for a reverse proxy: 400, and the connection is closed after the answer.
 
-    aiohttp's router never matches them (they would get a bare 404), and after a CONNECT head aiohttp reads what
-    follows as a new request whatever Content-Length said: closing keeps every hop's framing in step.
+    After a CONNECT head aiohttp reads what follows as a new request whatever Content-Length said: closing keeps
+    every hop's framing in step.
     """
     if request.method == "CONNECT" or request.raw_path == "*":
         if request.protocol is not None:
             request.protocol.close()
         return error_response(BadRequest("only origin-form request targets are accepted"))
-    return await handler(request)
+    return None
+
+
+Entry = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Listener:
+    """What the proxy listener serves: the one handler, and the per-connection settings of aiohttp's server."""
+
+    handler: Entry
+    server_args: Mapping[str, Any]
+
+
+LISTENER = web.AppKey("listener", Listener)
+
+
+class GatewayRunner(web.BaseRunner):
+    """Serves an app from build_app() on aiohttp's low-level server: one handler, no router, no middleware chain.
+
+    A gateway has one catch-all handler, and web.Application's request path (the router, match info, the
+    middleware chain) cost about 16 of ~140 µs per request (docs/benchmarks.md). The app keeps what it is good
+    at: the startup and cleanup of the sessions, and the state that the admin listener and the tests read.
+    """
+
+    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.app = app
+
+    async def shutdown(self) -> None:
+        await self.app.shutdown()
+
+    async def _make_server(self) -> web.Server:
+        self.app.on_startup.freeze()
+        await self.app.startup()
+        self.app.freeze()
+        listener = self.app[LISTENER]
+        # The gateway's own settings win over the runner's, as web.Application's handler_args do.
+        return web.Server(listener.handler, **{**self._kwargs, **listener.server_args})
+
+    async def _cleanup_server(self) -> None:
+        await self.app.cleanup()
 
 
 def build_app(
@@ -99,10 +140,12 @@ def build_app(
     source: ConfigSource | None = None,
     on_reload: Callable[[Config], None] | None = None,
 ) -> web.Application:
-    """`source`: where `config` was read from; given, the app reloads it on change and on RELOADER.trigger()."""
+    """The gateway's state and lifecycle, served by a GatewayRunner (web.AppRunner would answer 404 to all).
+
+    `source`: where `config` was read from; given, the app reloads it on change and on RELOADER.trigger()."""
     if not native_parser():
         log.warning("aiohttp runs its pure-Python HTTP parser: install a wheel with the C extension")
-    app = web.Application(middlewares=[origin_form_only], handler_args=handler_args(config.limits))
+    app = web.Application()
     app[METRICS] = metrics = metrics or Metrics()
 
     async def sessions(app: web.Application) -> AsyncIterator[None]:
@@ -138,15 +181,18 @@ def build_app(
 
     app.cleanup_ctx.append(sessions)
 
-    async def serve(request: web.Request) -> web.StreamResponse:
-        return await handle(request.app[RUNTIME].current, request)
+    async def serve(request: web.BaseRequest) -> web.StreamResponse:
+        return await handle(app[RUNTIME].current, request)
 
-    async def entry(request: web.Request) -> web.StreamResponse:
-        # The error middleware and the request-id echo, called here rather than through aiohttp's middleware chain
-        # and on_response_prepare signal: the same answers, measurably less CPU per request (docs/benchmarks.md).
-        # A streamed answer went out from the pipeline already, with its echo applied before prepare().
+    async def entry(request: web.BaseRequest) -> web.StreamResponse:
+        # The error middleware and the request-id echo are called here rather than through a middleware chain and
+        # the on_response_prepare signal: the same answers for less CPU per request (docs/benchmarks.md). A
+        # streamed answer went out from the pipeline already, with its echo applied before prepare().
+        refused = refuse_non_origin_form(request)
+        if refused is not None:
+            return refused
         try:
-            response = await error_middleware(request, serve)
+            response = await answer_errors(request, serve)
         except web.HTTPException as exc:  # below 400: re-raised by the middleware, answered by aiohttp
             echo_headers(request, exc)
             raise
@@ -154,5 +200,5 @@ def build_app(
             echo_headers(request, response)
         return response
 
-    app.router.add_route("*", "/{tail:.*}", entry)
+    app[LISTENER] = Listener(entry, handler_args(config.limits))
     return app

@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import StreamReader
+from aiohttp.abc import AbstractStreamWriter
 
 from .errors import GatewayError, PayloadTooLarge, RequestTimeout
 
@@ -20,12 +21,18 @@ class BodyGuard:
     library reports a connection failure, and the pipeline answers with this instead.
     """
 
-    __slots__ = ("_limit", "_stream", "_timeout", "buffered", "error")
+    __slots__ = ("_continue", "_limit", "_stream", "_timeout", "buffered", "error")
 
-    def __init__(self, stream: StreamReader, *, limit: int, timeout: float) -> None:
+    def __init__(
+        self, stream: StreamReader, *, limit: int, timeout: float, send_continue: AbstractStreamWriter | None = None
+    ) -> None:
+        """`send_continue`: the client sent `Expect: 100-continue`; its `100 Continue` goes out on this writer when
+        the body is first wanted, that is once the request has been allowed (RFC 9110 §10.1.1): a client the
+        gateway refuses never uploads its body."""
         self._stream = stream
         self._limit = limit
         self._timeout = timeout
+        self._continue = send_continue
         self.error: GatewayError | None = None
         self.buffered: bytes | None = None
 
@@ -43,6 +50,10 @@ class BodyGuard:
             yield chunk
 
     async def _pieces(self) -> AsyncIterator[bytes]:
+        if self._continue is not None:
+            writer, self._continue = self._continue, None
+            await writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            writer.output_size = 0  # the interim answer is not part of the final one
         total = 0
         while True:
             try:

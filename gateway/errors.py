@@ -60,6 +60,12 @@ class PayloadTooLarge(GatewayError):
     description = "the request body is larger than this route allows"
 
 
+class ExpectationFailed(GatewayError):
+    status = 417
+    error = "expectation_failed"
+    description = "the only expectation understood is 100-continue"
+
+
 class RequestTimeout(GatewayError):
     status = 408
     error = "request_timeout"
@@ -166,11 +172,11 @@ def error_response(exc: GatewayError) -> web.Response:
     )
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def answer_errors(request: web.BaseRequest, handler: Handler) -> web.StreamResponse:
+    """`handler`'s answer; any failure becomes the JSON error answer (below 400, aiohttp's own is re-raised)."""
     try:
         return await handler(request)
     except GatewayError as exc:

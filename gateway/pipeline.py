@@ -13,13 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from aiohttp import web
+from aiohttp import HttpVersion, web
 
 from .body import BodyGuard
 from .config import Config, Limits
 from .credentials import bearer_token, form_has_token, query_has_token, query_token
 from .errors import (
     BadRequest,
+    ExpectationFailed,
     GatewayError,
     IdPUnavailable,
     InsufficientScope,
@@ -78,6 +79,7 @@ REQUEST_ID_HEADER = "X-Request-Id"
 
 _FORM = "application/x-www-form-urlencoded"
 _NO_BODY_METHODS = frozenset({"GET", "HEAD"})
+_HTTP_11 = HttpVersion(1, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +116,13 @@ def route_for(runtime: Runtime, method: str, raw_target: str) -> tuple[str, str 
         raise BadRequest(f"the request path is not acceptable: {exc}") from exc
 
 
-def guard_body(limits: Limits, route: Route, request: web.Request) -> BodyGuard | None:
+def guard_body(limits: Limits, route: Route, request: web.BaseRequest) -> BodyGuard | None:
+    expect = request.headers.get("Expect")
+    send_continue = None
+    if expect is not None and request.version == _HTTP_11:  # HTTP/1.0 has no expectations (RFC 9110 §10.1.1)
+        if expect.lower() != "100-continue":
+            raise ExpectationFailed()
+        send_continue = request.writer
     if not request.body_exists:
         return None
     # An upstream that ignores the body of a GET would read it as a second, unchecked request.
@@ -123,10 +131,12 @@ def guard_body(limits: Limits, route: Route, request: web.Request) -> BodyGuard 
     limit = route.max_body_bytes if route.max_body_bytes is not None else limits.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge()
-    return BodyGuard(request.content, limit=limit, timeout=limits.body_timeout)
+    return BodyGuard(request.content, limit=limit, timeout=limits.body_timeout, send_continue=send_continue)
 
 
-def credentials(route: Route, limits: Limits, request: web.Request, query: str | None) -> tuple[str | None, str | None]:
+def credentials(
+    route: Route, limits: Limits, request: web.BaseRequest, query: str | None
+) -> tuple[str | None, str | None]:
     """(token or None, the query to forward). A token in two places is 400 invalid_request (RFC 6750 §2)."""
     header = bearer_token(request.headers.getall("Authorization", []), max_bytes=limits.max_token_bytes)
     if header is not None and query_has_token(query):
@@ -136,7 +146,7 @@ def credentials(route: Route, limits: Limits, request: web.Request, query: str |
     return header, query
 
 
-async def refuse_form_token(request: web.Request, body: BodyGuard) -> None:
+async def refuse_form_token(request: web.BaseRequest, body: BodyGuard) -> None:
     """A token in a form body too (RFC 6750 §2.2) is 400. Run after authentication: only a client with a valid
     token can make the gateway buffer a body (within the route's limit) to look."""
     if request.content_type == _FORM and form_has_token(await body.read_all()):
@@ -153,7 +163,7 @@ async def authenticate(runtime: Runtime, token: str | None, trace: Trace | None 
     return await runtime.authenticator.authenticate(token)
 
 
-def preflight(route: Route | None, request: web.Request) -> web.Response | None:
+def preflight(route: Route | None, request: web.BaseRequest) -> web.Response | None:
     """The answer to a genuine CORS preflight on a route that opted in; None for every other request."""
     if route is None or route.cors is None:
         return None
@@ -167,7 +177,7 @@ def preflight(route: Route | None, request: web.Request) -> web.Response | None:
     return web.Response(status=204, headers=headers)
 
 
-def is_preflight(request: web.Request) -> bool:
+def is_preflight(request: web.BaseRequest) -> bool:
     return (
         request.method == "OPTIONS"
         and "Origin" in request.headers
@@ -175,7 +185,7 @@ def is_preflight(request: web.Request) -> bool:
     )
 
 
-def echo_headers(request: web.Request, response: web.StreamResponse) -> None:
+def echo_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
     """Before the headers go out, for streamed answers and error answers alike: our X-Request-Id, and the CORS
     origin of a route that allows it."""
     if REQUEST_ID in request:
@@ -186,12 +196,12 @@ def echo_headers(request: web.Request, response: web.StreamResponse) -> None:
         response.headers.add("Vary", "Origin")
 
 
-def _client_request_id(request: web.Request) -> str | None:
+def _client_request_id(request: web.BaseRequest) -> str | None:
     sent = request.headers.getall(REQUEST_ID_HEADER, [])
     return sent[0] if len(sent) == 1 else None
 
 
-async def handle(runtime: Runtime, request: web.Request) -> web.StreamResponse:
+async def handle(runtime: Runtime, request: web.BaseRequest) -> web.StreamResponse:
     started = time.perf_counter()
     trace = Trace(request_id(_client_request_id(request)))
     request[REQUEST_ID] = trace.request_id  # echoed to the client by echo_headers()
@@ -202,7 +212,7 @@ async def handle(runtime: Runtime, request: web.Request) -> web.StreamResponse:
         runtime.metrics.request_ended()
 
 
-async def _handle(runtime: Runtime, request: web.Request, started: float, trace: Trace) -> web.StreamResponse:
+async def _handle(runtime: Runtime, request: web.BaseRequest, started: float, trace: Trace) -> web.StreamResponse:
     route: Route | None = None
     principal: Principal | None = None
     path = "-"
@@ -306,7 +316,7 @@ def _identity(principal: Principal) -> Mapping[str, str]:
 
 def _record(
     runtime: Runtime,
-    request: web.Request,
+    request: web.BaseRequest,
     path: str,
     route: Route | None,
     principal: Principal | None,

@@ -47,7 +47,7 @@ def _before_the_answer(upstream: Upstream) -> Iterator[None]:
 
 
 async def forward(
-    request: web.Request,
+    request: web.BaseRequest,
     client: UpstreamClient,
     upstream: Upstream,
     target: str,
@@ -78,7 +78,7 @@ async def forward(
 
 
 async def _relay(
-    request: web.Request,
+    request: web.BaseRequest,
     upstream_answer: UpstreamResponse,
     upstream: Upstream,
     before_prepare: Callable[[web.StreamResponse], None] | None,

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from .admin import build_admin_app
-from .app import RELOADER, build_app
+from .app import RELOADER, GatewayRunner, build_app
 from .config import Config
 from .listener import CappedSite
 from .logs import FIELDS, configure_logging, effective_config, flush_logs
@@ -38,7 +38,7 @@ async def serve(config: Config, source: ConfigSource, *, worker: int | None = No
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     app = build_app(config, source=source, on_reload=_apply_logging)
-    proxy = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=config.shutdown_grace)
+    proxy = GatewayRunner(app, handle_signals=False, shutdown_timeout=config.shutdown_grace)
     admin = web.AppRunner(build_admin_app(app, stop.is_set), access_log=None, handle_signals=False)
     handled: list[signal.Signals] = []
     try:
@@ -66,7 +66,7 @@ async def serve(config: Config, source: ConfigSource, *, worker: int | None = No
     finally:
         for sig in handled:
             loop.remove_signal_handler(sig)
-        # AppRunner.cleanup stops the site, waits for the handlers up to shutdown_timeout, then runs the
+        # A runner's cleanup stops the site, waits for the handlers up to shutdown_timeout, then runs the
         # app's cleanup (which closes the sessions): exactly the drain we want.
         await proxy.cleanup()
         await admin.cleanup()

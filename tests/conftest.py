@@ -15,6 +15,7 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from gateway.app import INTROSPECTOR, build_app
 from gateway.config import parse_config
+from gateway.testing import GatewayTestServer
 
 from .secret_witness import secret_witness
 from .support import ENV, FakeIdP, RecordingUpstream, free_port, gateway_document
@@ -60,7 +61,7 @@ def make_gateway(idp: FakeIdP, upstream_url: str, aiohttp_client: AiohttpClient)
         for key, value in overrides.items():
             document[key] = {**document.get(key, {}), **value} if isinstance(value, dict) else value
         config = parse_config(document, source="test.yaml", env=ENV if env is None else env)
-        client = await aiohttp_client(build_app(config))
+        client: TestClient[Any, Any] = await aiohttp_client(GatewayTestServer(build_app(config)))
         if config.idp is not None:
             introspector = client.app[INTROSPECTOR]
             for _ in range(100):

@@ -13,6 +13,7 @@ from pytest_aiohttp import AiohttpClient
 
 from gateway.app import INTROSPECTOR, METRICS, RELOADER, RUNTIME, build_app
 from gateway.reload import ConfigSource
+from gateway.testing import GatewayTestServer
 
 from .support import ENV, FakeIdP, RecordingUpstream, gateway_document
 
@@ -45,7 +46,7 @@ def files(tmp_path: Path, idp: FakeIdP, upstream_url: str) -> Files:
 async def start(files: Files, aiohttp_client: AiohttpClient, **top: Any) -> Client:
     files.write(**top)
     source = ConfigSource(files.path)
-    client = await aiohttp_client(build_app(source.load(), source=source))
+    client: TestClient[Any, Any] = await aiohttp_client(GatewayTestServer(build_app(source.load(), source=source)))
     for _ in range(200):
         if client.app[INTROSPECTOR].ready:
             break

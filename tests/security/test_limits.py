@@ -7,9 +7,8 @@ import logging
 from typing import Any
 
 import pytest
-from aiohttp import web
 
-from gateway.app import build_app, handler_args
+from gateway.app import GatewayRunner, build_app, handler_args
 from gateway.config import Limits, parse_config
 from gateway.listener import CappedSite
 from tests.conftest import GatewayFactory
@@ -145,7 +144,7 @@ async def test_connection_cap(upstream_url: str, caplog: pytest.LogCaptureFixtur
         "limits": {"max_connections": 2},
     }
     config = parse_config(document, source="t.yaml", env=ENV)
-    runner = web.AppRunner(build_app(config))
+    runner = GatewayRunner(build_app(config))
     await runner.setup()
     port = free_port()
     await CappedSite(runner, "127.0.0.1", port, config.limits).start()
