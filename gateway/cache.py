@@ -130,12 +130,23 @@ class CachingAuthenticator:
         digest.update(token.encode())
         return digest.digest()
 
+    def cached(self, token: str) -> Principal | None:
+        """The answer at hand in this process (a Principal, or InvalidToken raised), else None: then authenticate().
+        No coroutine, for the requests that need none."""
+        return self._cached(self.key(token))
+
+    def _cached(self, key: bytes) -> Principal | None:
+        answer = self._local.get(key, self._monotonic())
+        if answer is None:
+            return None
+        (self._hits if isinstance(answer, Principal) else self._negative_hits).inc()
+        return self._verdict(key, answer)
+
     async def authenticate(self, token: str) -> Principal:
         key = self.key(token)
-        answer = self._local.get(key, self._monotonic())
-        if answer is not None:
-            (self._hits if isinstance(answer, Principal) else self._negative_hits).inc()
-            return self._verdict(key, answer)
+        principal = self._cached(key)
+        if principal is not None:
+            return principal
         pending = self._pending.get(key)
         if pending is None:
             self._misses.inc()

@@ -16,6 +16,7 @@ from types import MappingProxyType
 from aiohttp import HttpVersion, web
 
 from .body import BodyGuard
+from .cache import CachingAuthenticator
 from .config import Config, Limits
 from .credentials import bearer_token, form_has_token, query_has_token, query_token
 from .errors import (
@@ -31,7 +32,7 @@ from .errors import (
     Unauthenticated,
 )
 from .headers import forwarded_for, identity_headers, upstream_request_headers, valid_host
-from .introspection import Authenticator, Introspector, Principal
+from .introspection import Introspector, Principal
 from .logs import AccessRecord, request_id, token_hash
 from .metrics import Metrics
 from .proxy import forward, upstream_target
@@ -87,7 +88,7 @@ class Runtime:
     """Everything one config needs to serve; a reload swaps it whole, so a request sees one consistent set."""
 
     config: Config
-    authenticator: Authenticator | None
+    authenticator: CachingAuthenticator | None
     upstream_client: UpstreamClient
     metrics: Metrics
     introspector: Introspector | None = None  # for readiness: has the IdP's discovery document been fetched?
@@ -153,14 +154,14 @@ async def refuse_form_token(request: web.BaseRequest, body: BodyGuard) -> None:
         raise InvalidRequestToken("the access token was sent in more than one place")
 
 
-async def authenticate(runtime: Runtime, token: str | None, trace: Trace | None = None) -> Principal:
+def _checked_in(runtime: Runtime, token: str | None, trace: Trace) -> tuple[CachingAuthenticator, str]:
+    """Who to ask about the token, and the token; 401 without one."""
     if token is None:
         raise Unauthenticated()
-    if trace is not None:
-        trace.token_hash = token_hash(token)
+    trace.token_hash = token_hash(token)
     if runtime.authenticator is None:  # config validation makes this unreachable; fail closed anyway
         raise IdPUnavailable()
-    return await runtime.authenticator.authenticate(token)
+    return runtime.authenticator, token
 
 
 def preflight(route: Route | None, request: web.BaseRequest) -> web.Response | None:
@@ -245,7 +246,8 @@ async def _handle(runtime: Runtime, request: web.BaseRequest, started: float, tr
         token: str | None = None
         if route.policy.access is not Access.PUBLIC:
             token, query = credentials(route, config.limits, request, query)
-            principal = await authenticate(runtime, token, trace)
+            authenticator, token = _checked_in(runtime, token, trace)
+            principal = authenticator.cached(token) or await authenticator.authenticate(token)
             lacking = missing_roles(route.policy, principal.roles)
             if lacking is not None:
                 raise InsufficientScope(f"this route requires the role {lacking}", required=lacking)

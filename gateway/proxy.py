@@ -9,16 +9,15 @@ truncated body can never look complete.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 from multidict import CIMultiDict
 
 from .config import Upstream
-from .errors import UpstreamTimeout, UpstreamUnavailable
+from .errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
 from .headers import downstream_response_headers
 from .metrics import Metrics
 from .upstream_client import UpstreamClient, UpstreamError, UpstreamResponse
@@ -34,16 +33,12 @@ def upstream_target(path: str, query: str | None) -> str:
     return path if query is None else f"{path}?{query}"
 
 
-@contextlib.contextmanager
-def _before_the_answer(upstream: Upstream) -> Iterator[None]:
+def _before_the_answer(upstream: Upstream, exc: BaseException) -> GatewayError:
     """An upstream failure while nothing has gone to the client yet: 504 for a timeout, 502 for anything else."""
-    try:
-        yield
-    except TimeoutError as exc:
-        raise UpstreamTimeout() from exc
-    except UpstreamError as exc:
-        log.warning("upstream %s: %s", upstream.name, exc)
-        raise UpstreamUnavailable() from exc
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout()
+    log.warning("upstream %s: %s", upstream.name, exc)
+    return UpstreamUnavailable()
 
 
 async def forward(
@@ -60,7 +55,7 @@ async def forward(
     `before_prepare`: applied to a streamed answer just before its headers go out (a small one is returned
     unsent, for the caller to finish)."""
     started = time.perf_counter()
-    with _before_the_answer(upstream):
+    try:
         answer = await client.send(
             upstream.url,
             request.method,
@@ -70,6 +65,8 @@ async def forward(
             connect_timeout=upstream.connect_timeout,
             read_timeout=upstream.read_timeout,
         )
+    except (TimeoutError, UpstreamError) as exc:
+        raise _before_the_answer(upstream, exc) from exc
     metrics.upstream_done(upstream.name, time.perf_counter() - started)
     try:
         return await _relay(request, answer, upstream, before_prepare)
@@ -91,8 +88,13 @@ async def _relay(
         small = web.Response(status=status, reason=reason)
         small.headers.extend(headers)  # into the answer's own set: passing them to Response() would copy them
         if not no_body:
-            with _before_the_answer(upstream):  # nothing has gone to the client yet
-                small.body = await upstream_answer.read()
+            body = upstream_answer.body_if_complete()
+            if body is None:
+                try:
+                    body = await upstream_answer.read()
+                except (TimeoutError, UpstreamError) as exc:  # nothing has gone to the client yet
+                    raise _before_the_answer(upstream, exc) from exc
+            small.body = body
         return small
 
     response = web.StreamResponse(status=status, reason=reason)

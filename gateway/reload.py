@@ -29,7 +29,7 @@ import aiohttp
 
 from .cache import CachingAuthenticator, SharedStore, cache_key_prefix
 from .config import Config, ConfigError, load_config, read_environment
-from .introspection import Authenticator, Introspector
+from .introspection import Introspector
 from .metrics import Metrics
 from .pipeline import Runtime
 from .upstream_client import UpstreamClient
@@ -77,7 +77,7 @@ def build_runtime(config: Config, sessions: Sessions, metrics: Metrics, previous
     """A Runtime for `config`, keeping the previous Introspector (and what it discovered) if `idp` is unchanged,
     and the previous cache (warm) if neither `idp` nor `cache` changed: a cached answer belongs to one IdP."""
     introspector: Introspector | None
-    authenticator: Authenticator | None
+    authenticator: CachingAuthenticator | None
     if config.idp is None:
         introspector = authenticator = None
     elif previous is not None and previous.introspector is not None and previous.config.idp == config.idp:
@@ -98,7 +98,7 @@ def build_runtime(config: Config, sessions: Sessions, metrics: Metrics, previous
     )
 
 
-def _cached(introspector: Introspector, config: Config, sessions: Sessions, metrics: Metrics) -> Authenticator:
+def _cached(introspector: Introspector, config: Config, sessions: Sessions, metrics: Metrics) -> CachingAuthenticator:
     assert config.idp is not None
     prefix = cache_key_prefix(config.idp.issuer, config.idp.client_id, config.idp.project_id)
     return CachingAuthenticator(introspector, config.cache, metrics, key_prefix=prefix, shared=sessions.shared)

@@ -78,7 +78,7 @@ def request_head(method: str, target: str, host: str, headers: Mapping[str, str]
     in one would still split the head, so the result is checked rather than trusted.
     """
     lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
-    lines.extend(f"{name}: {value}" for name, value in headers.items())
+    lines += [f"{name}: {value}" for name, value in headers.items()]
     if framing is not None:
         lines.append(framing)
     text = "\r\n".join(lines) + "\r\n\r\n"
@@ -101,6 +101,7 @@ class UpstreamResponse:
         "_head",
         "_head_bytes",
         "_head_only",
+        "_head_timer",
         "_interim",
         "_keep_alive",
         "_parser",
@@ -124,6 +125,7 @@ class UpstreamResponse:
         self._read_timeout = read_timeout
         self._parser = httptools.HttpResponseParser(self)
         self._head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._head_timer: asyncio.TimerHandle | None = None
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
         self._pending = 0
@@ -177,6 +179,7 @@ class UpstreamResponse:
             return
         self._error = error
         if not self._head.done():
+            self._head_settled()
             self._head.set_exception(error)
             self._head.exception()  # retrieved: a caller that stopped waiting must not leave a warning behind
         self._wake()
@@ -221,6 +224,7 @@ class UpstreamResponse:
             self.content_length = int(length)  # llhttp has checked it is one decimal number
         no_body = self._head_only or status in (204, 304)
         self.eof_delimited = not no_body and not chunked and self.content_length is None
+        self._head_settled()
         self._head.set_result(None)
         if self._head_only:
             self._finish(keep_alive=self._parser.should_keep_alive())
@@ -265,15 +269,20 @@ class UpstreamResponse:
                     raise TimeoutError("the upstream stopped taking the request body")
                 if error is not None:
                     raise UpstreamError("the request body could not be sent") from error
+        await self.head_received()
+
+    def head_received(self) -> asyncio.Future[None]:
+        """The head's future, bounded by the read timeout: a timer that whatever settles the head cancels (cheaper
+        per request than asyncio.timeout() or a coroutine of its own)."""
         head = self._head
-        if not head.done():
-            # A timer on the future rather than asyncio.timeout(): the same bound, a third of the cost per request.
-            timer = asyncio.get_running_loop().call_later(self._read_timeout, _time_out, head)
-            try:
-                await head
-            finally:
-                timer.cancel()
-        head.result()
+        if not head.done() and self._head_timer is None:
+            self._head_timer = asyncio.get_running_loop().call_later(self._read_timeout, _time_out, head)
+        return head
+
+    def _head_settled(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
 
     async def read_chunk(self) -> bytes:
         """The next piece of the body; b"" at its end. UpstreamError if it was cut short, TimeoutError if the
@@ -297,6 +306,16 @@ class UpstreamResponse:
             self._connection.resume_reading()
         return chunk
 
+    def body_if_complete(self) -> bytes | None:
+        """The whole body when it has arrived already (a small answer usually comes with its head), else None."""
+        if not self._complete or self._error is not None:
+            return None
+        chunks = self._chunks
+        body = b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        return body
+
     async def read(self) -> bytes:
         pieces = []
         while chunk := await self.read_chunk():
@@ -305,6 +324,7 @@ class UpstreamResponse:
 
     def release(self) -> None:
         """Back to the pool if the exchange ended cleanly and was read to the end; closed otherwise."""
+        self._head_settled()  # a caller cancelled while it waited for the head
         connection = self._connection
         if connection.exchange is not self:
             return
@@ -470,7 +490,11 @@ class UpstreamClient:
         head = request_head(method, full_target, key.host_header, headers, framing)
         retry = body is None and method in _IDEMPOTENT
         while True:
-            connection, reused = await self._acquire(key, connect_timeout)
+            # A pooled connection is taken without a coroutine of its own: the common case, once per request.
+            connection = self._pooled(key)
+            reused = connection is not None
+            if connection is None:
+                connection, reused = await self._acquire(key, connect_timeout)
             response = UpstreamResponse(connection, head_only=method == "HEAD", read_timeout=read_timeout)
             connection.exchange = response
             connection.write(head)
@@ -479,7 +503,10 @@ class UpstreamClient:
                     _send_body(connection, body, length=length, read_timeout=read_timeout)
                 )
             try:
-                await response.wait_head()
+                if body is None:
+                    await response.head_received()
+                else:
+                    await response.wait_head()
             except UpstreamError:
                 response.release()
                 if retry and reused and not response._received:

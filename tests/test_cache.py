@@ -76,6 +76,26 @@ async def test_a_cached_answer_costs_no_second_call() -> None:
     assert (count(metrics, "miss"), count(metrics, "hit")) == (1, 1)
 
 
+async def test_cached_answers_at_hand_without_a_call() -> None:
+    inner = Inner()
+    inner.answers["t"] = principal(exp=WALL + 30)
+    cache, _, wall, metrics = make(inner)
+    assert cache.cached("t") is None  # not asked yet: the caller goes on to authenticate()
+    assert inner.calls == []
+    await cache.authenticate("t")
+    assert cache.cached("t") == principal(exp=WALL + 30)
+    assert count(metrics, "hit") == 1
+    wall.now = WALL + 30
+    with pytest.raises(InvalidToken):  # `exp` is checked on this path too
+        cache.cached("t")
+    with pytest.raises(InvalidToken):
+        await cache.authenticate("bogus")
+    with pytest.raises(InvalidToken):  # the negative answer, from the cache
+        cache.cached("bogus")
+    assert inner.calls == ["t", "bogus"]
+    assert count(metrics, "negative_hit") == 1
+
+
 async def test_concurrent_first_requests_share_one_call() -> None:
     inner = Inner()
     inner.answers["t"] = principal()
