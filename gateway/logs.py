@@ -42,14 +42,14 @@ def token_hash(token: str) -> str:
 _second: tuple[int, str] = (-1, "")  # (a whole second, its ISO form): one datetime per second, not per line
 
 
-def _timestamp(record: logging.LogRecord) -> str:
+def _timestamp(created: float) -> str:
     global _second
-    whole = int(record.created)
+    whole = int(created)
     second, prefix = _second  # read once: another thread may replace it
     if whole != second:
         prefix = datetime.datetime.fromtimestamp(whole, tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
         _second = (whole, prefix)
-    return f"{prefix}.{int((record.created - whole) * 1000):03d}Z"
+    return f"{prefix}.{int((created - whole) * 1000):03d}Z"
 
 
 _STARTED = time.time()
@@ -97,15 +97,18 @@ def _json(line: dict[str, Any]) -> str:
         return _ENCODER.encode(line)
 
 
+def _json_line(created: float, level: str, logger: str, message: str, fields: dict[str, Any] | None) -> dict[str, Any]:
+    line: dict[str, Any] = {"time": _timestamp(created), "level": level, "logger": logger, "message": message}
+    if fields:
+        line.update(fields)
+    return line
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "time": _timestamp(record),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        line.update(getattr(record, FIELDS, None) or {})
+        line = _json_line(
+            record.created, record.levelname.lower(), record.name, record.getMessage(), getattr(record, FIELDS, None)
+        )
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return _json(line)
@@ -143,6 +146,10 @@ class BatchingStreamHandler(logging.StreamHandler[TextIO]):
         except Exception:
             self.handleError(record)
             return
+        self.add_line(line)
+
+    def add_line(self, line: str) -> None:
+        """A formatted line into the batch (the caller holds the handler's lock)."""
         self._pending.append(line)
         try:
             loop = asyncio.get_running_loop()
@@ -170,7 +177,42 @@ class BatchingStreamHandler(logging.StreamHandler[TextIO]):
             self.release()
 
 
-_handler: logging.Handler | None = None
+_handler: BatchingStreamHandler | None = None
+
+
+def log_access(logger: logging.Logger, message: str, args: tuple[object, ...], fields: dict[str, Any]) -> None:
+    """`logger.info(message, *args, extra={FIELDS: fields})`, for the one access line per request.
+
+    When the line would reach only our handler, with the JSON formatter and no filter on the way, it is formatted
+    and batched straight away: the same bytes as through logging's handler chain, at a third of the CPU (about
+    15 µs of a ~105 µs request, docs/benchmarks.md). Anything else (the text format, a handler or filter someone
+    added, pytest's capture) gets the ordinary LogRecord.
+    """
+    handler = _handler
+    if handler is not None and not logger.filters and not handler.filters and _only_handler(logger) is handler:
+        formatter = handler.formatter
+        if type(formatter) is JsonFormatter and logging.INFO >= handler.level:
+            line = _json(_json_line(time.time(), "info", logger.name, message % args, fields))
+            handler.acquire()
+            try:
+                handler.add_line(line)
+            finally:
+                handler.release()
+            return
+    logger.handle(AccessRecord(logger.name, message, args, fields))
+
+
+def _only_handler(logger: logging.Logger) -> logging.Handler | None:
+    """The one handler a record of `logger` reaches (as Logger.callHandlers walks), or None if not exactly one."""
+    found: logging.Handler | None = None
+    current: logging.Logger | None = logger
+    while current is not None:
+        for handler in current.handlers:
+            if found is not None:
+                return None
+            found = handler
+        current = current.parent if current.propagate else None
+    return found
 
 
 def flush_logs() -> None:

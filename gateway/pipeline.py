@@ -33,7 +33,7 @@ from .errors import (
 )
 from .headers import forwarded_for, identity_headers, upstream_request_headers, valid_host
 from .introspection import Introspector, Principal
-from .logs import AccessRecord, request_id, token_hash
+from .logs import log_access, request_id, token_hash
 from .metrics import Metrics
 from .proxy import forward, upstream_target
 from .rules import Access, PathError, Route, canonical_path, missing_roles, resolve_route, split_target
@@ -346,6 +346,4 @@ def _record(
         "total_ms": _milliseconds(elapsed),
     }
     if access_log.isEnabledFor(logging.INFO):
-        # What access_log.info() does, minus the look-ups of a LogRecord no formatter prints (see AccessRecord).
-        args = (request.method, path, status, decision)
-        access_log.handle(AccessRecord(access_log.name, _ACCESS_MESSAGE, args, fields))
+        log_access(access_log, _ACCESS_MESSAGE, (request.method, path, status, decision), fields)

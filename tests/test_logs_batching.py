@@ -7,7 +7,10 @@ import io
 import json
 import logging
 
-from gateway.logs import BatchingStreamHandler, JsonFormatter
+import pytest
+
+from gateway import logs
+from gateway.logs import AccessRecord, BatchingStreamHandler, JsonFormatter, TextFormatter
 
 
 class CountingStream(io.StringIO):
@@ -77,3 +80,83 @@ async def test_a_long_turn_is_written_every_max_lines() -> None:
         assert len(stream.getvalue().splitlines()) == BatchingStreamHandler.MAX_LINES + 1
     finally:
         logger.removeHandler(handler)
+
+
+# -- the access line's short cut (log_access) --------------------------------------------------------------------
+
+ACCESS = "%s %s %d %s"
+ARGS = ("GET", "/api/x", 200, "allow")
+FIELDS = {"request_id": "r1", "status": 200, "subject": "søren", "total_ms": 1.5}
+
+
+def _access_logger() -> tuple[BatchingStreamHandler, CountingStream, logging.Logger]:
+    """A logger of its own (not registered with logging, so nothing else in the test run attaches to it)."""
+    stream = CountingStream()
+    handler = BatchingStreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.Logger("gateway.access", logging.INFO)
+    logger.addHandler(handler)
+    return handler, stream, logger
+
+
+class Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+async def test_the_access_line_goes_straight_to_the_batch_as_the_handler_chain_would_write_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    handler, stream, logger = _access_logger()
+    monkeypatch.setattr(logs, "_handler", handler)
+    monkeypatch.setattr("gateway.logs.time.time", lambda: 1_800_000_000.25)
+
+    def no_record(record: logging.LogRecord) -> None:
+        raise AssertionError("the short cut was not taken")
+
+    monkeypatch.setattr(logger, "handle", no_record)
+    try:
+        logs.log_access(logger, ACCESS, ARGS, FIELDS)
+        handler.flush()
+        expected = AccessRecord(logger.name, ACCESS, ARGS, FIELDS)
+        expected.created = 1_800_000_000.25
+        assert stream.getvalue() == JsonFormatter().format(expected) + "\n"
+        assert json.loads(stream.getvalue())["message"] == "GET /api/x 200 allow"
+    finally:
+        handler.close()
+
+
+async def test_the_access_line_is_a_log_record_when_another_handler_listens(monkeypatch: pytest.MonkeyPatch) -> None:
+    handler, stream, logger = _access_logger()
+    monkeypatch.setattr(logs, "_handler", handler)
+    other = Collect()
+    logger.addHandler(other)
+    try:
+        logs.log_access(logger, ACCESS, ARGS, FIELDS)
+        handler.flush()
+        assert [r.getMessage() for r in other.records] == ["GET /api/x 200 allow"]
+        assert vars(other.records[0])["fields"] == FIELDS
+        assert json.loads(stream.getvalue())["subject"] == "søren"  # and our handler still got it
+    finally:
+        handler.close()
+
+
+async def test_the_access_line_honours_a_filter_and_the_text_format(monkeypatch: pytest.MonkeyPatch) -> None:
+    handler, stream, logger = _access_logger()
+    monkeypatch.setattr(logs, "_handler", handler)
+    try:
+        handler.addFilter(lambda record: False)
+        logs.log_access(logger, ACCESS, ARGS, FIELDS)
+        handler.flush()
+        assert stream.getvalue() == ""
+        handler.filters.clear()
+        handler.setFormatter(TextFormatter())
+        logs.log_access(logger, ACCESS, ARGS, FIELDS)
+        handler.flush()
+        assert " INFO gateway.access GET /api/x 200 allow request_id=" in stream.getvalue()
+    finally:
+        handler.close()
