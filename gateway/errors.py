@@ -1,4 +1,4 @@
-"""Every error the gateway answers with, each carrying its status, and the one middleware that renders them.
+"""Every error the gateway answers with, each carrying its status, and answer_errors(), which renders them.
 
 Errors are classified by type, never by message text. Bodies are JSON `{"error", "error_description"}` and never
 contain a token or anything else the client sent.
