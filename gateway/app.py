@@ -76,6 +76,10 @@ def handler_args(limits: Limits) -> dict[str, Any]:
         # aiohttp's access log prints the request line, query string included (tokens, on query-token routes);
         # gateway.access logs one line per decision instead.
         "access_log": None,
+        # A client that goes away cancels its request, upstream exchange included, as nginx aborts the upstream
+        # request (proxy_ignore_client_abort off): one 499 line, and no task left draining a body nobody sends.
+        # aiohttp's test server turns it on too, so the tests serve as production does.
+        "handler_cancellation": True,
     }
 
 
@@ -198,6 +202,10 @@ def build_app(
             raise
         if not response.prepared:
             echo_headers(request, response)
+            if "Expect" in request.headers and request.body_exists and not request.content.is_eof():
+                # Answered before the body was wanted (a refusal): the client may still be holding it back, so
+                # this connection's framing is not known any more. One answer, then it closes (RFC 9110 §10.1.1).
+                response.force_close()
         return response
 
     app[LISTENER] = Listener(entry, handler_args(config.limits))

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from aiohttp import StreamReader
 from aiohttp.abc import AbstractStreamWriter
 
-from .errors import GatewayError, PayloadTooLarge, RequestTimeout
+from .errors import ClientClosedRequest, GatewayError, PayloadTooLarge, RequestTimeout
 
 
 class BodyGuard:
@@ -52,7 +52,11 @@ class BodyGuard:
     async def _pieces(self) -> AsyncIterator[bytes]:
         if self._continue is not None:
             writer, self._continue = self._continue, None
-            await writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            try:
+                await writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            except ConnectionError:
+                self.error = ClientClosedRequest()
+                raise self.error from None
             writer.output_size = 0  # the interim answer is not part of the final one
         total = 0
         while True:
@@ -61,6 +65,9 @@ class BodyGuard:
                     chunk = await self._stream.readany()
             except TimeoutError:
                 self.error = RequestTimeout()
+                raise self.error from None
+            except ConnectionError:
+                self.error = ClientClosedRequest()
                 raise self.error from None
             if not chunk:
                 return

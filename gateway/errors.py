@@ -60,6 +60,19 @@ class PayloadTooLarge(GatewayError):
     description = "the request body is larger than this route allows"
 
 
+class ClientClosedRequest(GatewayError):
+    """The client went away while the gateway was reading its body (499, as nginx logs it): nobody gets the answer,
+    but the access line says what happened, and nothing blames the upstream."""
+
+    status = 499
+    error = "client_closed_request"
+    description = "the client closed the connection"
+
+    @property
+    def reason(self) -> str:
+        return "aborted"
+
+
 class ExpectationFailed(GatewayError):
     status = 417
     error = "expectation_failed"

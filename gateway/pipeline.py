@@ -287,7 +287,7 @@ async def _handle(runtime: Runtime, request: web.BaseRequest, started: float, tr
             # The whole exchange with the upstream: to the last byte relayed when the body is streamed.
             trace.upstream_seconds = time.perf_counter() - forwarding
     except GatewayError as exc:
-        decision = "deny" if exc.status < 500 else "error"
+        decision = "deny" if exc.status < 499 else "error"  # 499: the client went away, nothing was decided
         _record(runtime, request, path, route, principal, exc.status, decision, exc.reason, started, trace)
         raise
     except asyncio.CancelledError:

@@ -33,8 +33,11 @@ def upstream_target(path: str, query: str | None) -> str:
     return path if query is None else f"{path}?{query}"
 
 
-def _before_the_answer(upstream: Upstream, exc: BaseException) -> GatewayError:
-    """An upstream failure while nothing has gone to the client yet: 504 for a timeout, 502 for anything else."""
+def upstream_failure(upstream: Upstream, exc: BaseException) -> GatewayError:
+    """An upstream failure while nothing has gone to the client yet: 504 for a timeout, 502 for anything else; the
+    client's own failure (a body too large, stalled or cut off) as itself, without blaming the upstream."""
+    if isinstance(exc.__cause__, GatewayError):
+        return exc.__cause__
     if isinstance(exc, TimeoutError):
         return UpstreamTimeout()
     log.warning("upstream %s: %s", upstream.name, exc)
@@ -66,7 +69,7 @@ async def forward(
             read_timeout=upstream.read_timeout,
         )
     except (TimeoutError, UpstreamError) as exc:
-        raise _before_the_answer(upstream, exc) from exc
+        raise upstream_failure(upstream, exc) from exc
     metrics.upstream_done(upstream.name, time.perf_counter() - started)
     try:
         return await _relay(request, answer, upstream, before_prepare)
@@ -93,7 +96,7 @@ async def _relay(
                 try:
                     body = await upstream_answer.read()
                 except (TimeoutError, UpstreamError) as exc:  # nothing has gone to the client yet
-                    raise _before_the_answer(upstream, exc) from exc
+                    raise upstream_failure(upstream, exc) from exc
             small.body = body
         return small
 

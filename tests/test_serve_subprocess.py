@@ -29,6 +29,7 @@ class GatedUpstream:
 
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     streaming: asyncio.Event = field(default_factory=asyncio.Event)
+    hung_up: asyncio.Event = field(default_factory=asyncio.Event)  # the gateway closed the connection mid-stream
 
     def build_app(self) -> web.Application:
         async def stream(request: web.Request) -> web.StreamResponse:
@@ -36,7 +37,11 @@ class GatedUpstream:
             await response.prepare(request)
             await response.write(b"first,")
             self.streaming.set()
-            await self.gate.wait()
+            try:
+                await self.gate.wait()
+            except asyncio.CancelledError:
+                self.hung_up.set()
+                raise
             await response.write(b"last")
             await response.write_eof()
             return response
@@ -192,5 +197,28 @@ async def test_grace_period_bounds_the_drain(tmp_path: Path, idp: FakeIdP, gated
     assert code == 0
     code, lines = await finish(gw)
     assert "SIGINT received" in [line["message"] for line in lines]
+    cut = [x for x in lines if x["logger"] == "gateway.access"]
+    assert [(x["path"], x["status"], x["reason"]) for x in cut] == [("/stream", 499, "aborted")]
+
+
+async def test_a_client_that_hangs_up_cancels_its_upstream_exchange(
+    tmp_path: Path, idp: FakeIdP, gated: tuple[GatedUpstream, str]
+) -> None:
+    """As nginx aborts the upstream request when its client closes: the upstream connection is closed at once,
+    long before the upstream's 60 s read timeout, and the access line says 499."""
+    upstream, upstream_url = gated
+    gw = await start_gateway(tmp_path, idp, upstream_url)
+    try:
+        async with aiohttp.ClientSession() as session:
+            await _until(session, gw.admin + "/readyz", 200, gw)
+            resp = await session.get(gw.proxy + "/stream")
+            await upstream.streaming.wait()
+            resp.close()  # the client hangs up in the middle of the answer
+            await asyncio.wait_for(upstream.hung_up.wait(), 30)  # a bound against hanging; the timeout is 60 s
+    finally:
+        gw.proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(gw.proc.wait(), 60)
+    code, lines = await finish(gw)
+    assert code == 0
     cut = [x for x in lines if x["logger"] == "gateway.access"]
     assert [(x["path"], x["status"], x["reason"]) for x in cut] == [("/stream", 499, "aborted")]
