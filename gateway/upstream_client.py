@@ -71,18 +71,21 @@ def origin(url: str) -> Origin:
     )
 
 
+_HEADER_LINE: Final = ": ".join  # (name, value) -> "name: value", without a Python-level loop
+
+
 def request_head(method: str, target: str, host: str, headers: Mapping[str, str], framing: str | None) -> bytes:
     """The request line and headers. `framing`: a header line of ours (Transfer-Encoding or Content-Length), or None.
 
     Every value has passed a parser already (the client's, by aiohttp's server) or been encoded by us; a line break
     in one would still split the head, so the result is checked rather than trusted.
     """
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", *map(_HEADER_LINE, headers.items())]
     if framing is not None:
         lines.append(framing)
-    text = "\r\n".join(lines) + "\r\n\r\n"
     breaks = len(lines) + 1
+    lines += ("", "")  # the head ends with an empty line
+    text = "\r\n".join(lines)
     if text.count("\n") != breaks or text.count("\r") != breaks or "\0" in text:
         raise UpstreamError("a request header carries a line break")
     # Values arrive decoded as aiohttp decodes them (UTF-8, undecodable bytes escaped): this restores the bytes.
