@@ -40,16 +40,23 @@ def token_hash(token: str) -> str:
 
 
 _second: tuple[int, str] = (-1, "")  # (a whole second, its ISO form): one datetime per second, not per line
+_milli: tuple[int, str] = (-1, "")  # (a millisecond, its timestamp): lines in the same millisecond share one
 
 
 def _timestamp(created: float) -> str:
-    global _second
-    whole = int(created)
-    second, prefix = _second  # read once: another thread may replace it
+    global _second, _milli
+    milli = int(created * 1000)
+    last, text = _milli  # read once: another thread may replace it
+    if milli == last:
+        return text
+    whole, fraction = divmod(milli, 1000)
+    second, prefix = _second
     if whole != second:
         prefix = datetime.datetime.fromtimestamp(whole, tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
         _second = (whole, prefix)
-    return f"{prefix}.{int((created - whole) * 1000):03d}Z"
+    text = f"{prefix}.{fraction:03d}Z"
+    _milli = (milli, text)
+    return text
 
 
 _STARTED = time.time()

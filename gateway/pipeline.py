@@ -206,14 +206,6 @@ async def handle(runtime: Runtime, request: web.BaseRequest) -> web.StreamRespon
     started = time.perf_counter()
     trace = Trace(request_id(_client_request_id(request)))
     request[REQUEST_ID] = trace.request_id  # echoed to the client by echo_headers()
-    runtime.metrics.request_started()
-    try:
-        return await _handle(runtime, request, started, trace)
-    finally:
-        runtime.metrics.request_ended()
-
-
-async def _handle(runtime: Runtime, request: web.BaseRequest, started: float, trace: Trace) -> web.StreamResponse:
     route: Route | None = None
     principal: Principal | None = None
     path = "-"
@@ -223,6 +215,7 @@ async def _handle(runtime: Runtime, request: web.BaseRequest, started: float, tr
         # as plain HTTP. aiohttp's parser reads nothing more on such a connection, so close it after this answer
         # rather than leave it idle (whatever the client sent after the head is never read as a request).
         request.protocol.close()
+    runtime.metrics.request_started()
     try:
         if is_preflight(request):
             # Matched as the method it asks about: a preflight is a question about that request.
@@ -294,8 +287,11 @@ async def _handle(runtime: Runtime, request: web.BaseRequest, started: float, tr
         # The client went away, the upstream cut a streamed body, or the grace period ran out: still one line.
         _record(runtime, request, path, route, principal, 499, "error", "aborted", started, trace)
         raise
-    _record(runtime, request, path, route, principal, response.status, "allow", "ok", started, trace)
-    return response
+    else:
+        _record(runtime, request, path, route, principal, response.status, "allow", "ok", started, trace)
+        return response
+    finally:
+        runtime.metrics.request_ended()
 
 
 def _milliseconds(seconds: float | None) -> float | None:

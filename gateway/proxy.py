@@ -72,34 +72,38 @@ async def forward(
         raise upstream_failure(upstream, exc) from exc
     metrics.upstream_done(upstream.name, time.perf_counter() - started)
     try:
-        return await _relay(request, answer, upstream, before_prepare)
+        # The answer is taken here rather than in a coroutine of its own: measurably less CPU per request.
+        relayed = downstream_response_headers(answer.headers)
+        length = answer.content_length
+        status, reason = answer.status, answer.reason or None
+        no_body = request.method == "HEAD" or status in _NO_BODY_STATUS
+        if not no_body and (length is None or length > SMALL_BODY):
+            return await _stream(request, answer, upstream, status, reason, relayed, before_prepare)
+        small = web.Response(status=status, reason=reason)
+        small.headers.extend(relayed)  # into the answer's own set: passing them to Response() would copy them
+        if not no_body:
+            content = answer.body_if_complete()
+            if content is None:
+                try:
+                    content = await answer.read()
+                except (TimeoutError, UpstreamError) as exc:  # nothing has gone to the client yet
+                    raise upstream_failure(upstream, exc) from exc
+            small.body = content
+        return small
     finally:
         answer.release()
 
 
-async def _relay(
+async def _stream(
     request: web.BaseRequest,
     upstream_answer: UpstreamResponse,
     upstream: Upstream,
+    status: int,
+    reason: str | None,
+    headers: list[tuple[str, str]],
     before_prepare: Callable[[web.StreamResponse], None] | None,
 ) -> web.StreamResponse:
-    headers = downstream_response_headers(upstream_answer.headers)
-    length = upstream_answer.content_length
-    status, reason = upstream_answer.status, upstream_answer.reason or None
-    no_body = request.method == "HEAD" or status in _NO_BODY_STATUS
-    if no_body or (length is not None and length <= SMALL_BODY):
-        small = web.Response(status=status, reason=reason)
-        small.headers.extend(headers)  # into the answer's own set: passing them to Response() would copy them
-        if not no_body:
-            body = upstream_answer.body_if_complete()
-            if body is None:
-                try:
-                    body = await upstream_answer.read()
-                except (TimeoutError, UpstreamError) as exc:  # nothing has gone to the client yet
-                    raise upstream_failure(upstream, exc) from exc
-            small.body = body
-        return small
-
+    """A large answer, or one of unknown length, relayed as it arrives."""
     response = web.StreamResponse(status=status, reason=reason)
     response.headers.extend(headers)
     if before_prepare is not None:

@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 
 from gateway.config import Admin, ConfigError, LogSettings, ReloadSettings, parse_config
-from gateway.logs import AccessRecord, JsonFormatter, TextFormatter, effective_config, request_id, token_hash
+from gateway.logs import (
+    AccessRecord,
+    JsonFormatter,
+    TextFormatter,
+    _timestamp,
+    effective_config,
+    request_id,
+    token_hash,
+)
 
 from .support import CLIENT_SECRET, ENV, gateway_document
 
@@ -147,3 +155,15 @@ def test_access_record_renders_like_a_log_record() -> None:
 def test_json_lines_take_what_orjson_refuses() -> None:
     line = json.loads(JsonFormatter().format(_record({"big": 2**70, "other": ValueError("x")})))
     assert line["big"] == 2**70 and line["other"] == "x"  # what orjson cannot encode, str() of it
+
+
+def test_timestamps_are_utc_milliseconds_whatever_was_formatted_before() -> None:
+    # One string per millisecond is kept: the next line in the same millisecond gets it, any other a fresh one.
+    moments = [1_800_000_000.25, 1_800_000_000.2509, 1_800_000_000.251, 1_800_000_001.0005, 1_700_000_000.25]
+    assert [_timestamp(m) for m in moments] == [
+        "2027-01-15T08:00:00.250Z",
+        "2027-01-15T08:00:00.250Z",
+        "2027-01-15T08:00:00.251Z",
+        "2027-01-15T08:00:01.000Z",
+        "2023-11-14T22:13:20.250Z",
+    ]
