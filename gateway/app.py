@@ -14,7 +14,7 @@ from aiohttp import http_parser, web
 
 from .cache import CachingAuthenticator
 from .config import Config, Limits
-from .errors import BadRequest, answer_errors, error_response
+from .errors import BadRequest, answer_for, error_response
 from .introspection import Introspector
 from .metrics import Metrics
 from .pipeline import Runtime, echo_headers, handle
@@ -185,21 +185,22 @@ def build_app(
 
     app.cleanup_ctx.append(sessions)
 
-    async def serve(request: web.BaseRequest) -> web.StreamResponse:
-        return await handle(app[RUNTIME].current, request)
-
     async def entry(request: web.BaseRequest) -> web.StreamResponse:
-        # The error middleware and the request-id echo are called here rather than through a middleware chain and
-        # the on_response_prepare signal: the same answers for less CPU per request (docs/benchmarks.md). A
-        # streamed answer went out from the pipeline already, with its echo applied before prepare().
+        # Errors are rendered and the request id echoed here rather than in a middleware chain and the
+        # on_response_prepare signal: the same answers for less CPU per request (docs/benchmarks.md). A streamed
+        # answer went out from the pipeline already, with its echo applied before prepare().
         refused = refuse_non_origin_form(request)
         if refused is not None:
             return refused
         try:
-            response = await answer_errors(request, serve)
-        except web.HTTPException as exc:  # below 400: re-raised by the middleware, answered by aiohttp
-            echo_headers(request, exc)
-            raise
+            response = await handle(app[RUNTIME].current, request)
+        except web.HTTPException as exc:
+            if exc.status < 400:  # aiohttp's own answer (a redirect and the like): aiohttp sends it
+                echo_headers(request, exc)
+                raise
+            response = answer_for(request, exc)
+        except Exception as exc:
+            response = answer_for(request, exc)
         if not response.prepared:
             echo_headers(request, response)
             if "Expect" in request.headers and request.body_exists and not request.content.is_eof():

@@ -1,4 +1,4 @@
-"""Every error the gateway answers with, each carrying its status, and answer_errors(), which renders them.
+"""Every error the gateway answers with, each carrying its status, and answer_for(), which renders them.
 
 Errors are classified by type, never by message text. Bodies are JSON `{"error", "error_description"}` and never
 contain a token or anything else the client sent.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 
 from aiohttp import web
 
@@ -185,23 +185,15 @@ def error_response(exc: GatewayError) -> web.Response:
     )
 
 
-Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
-
-
-async def answer_errors(request: web.BaseRequest, handler: Handler) -> web.StreamResponse:
-    """`handler`'s answer; any failure becomes the JSON error answer (below 400, aiohttp's own is re-raised)."""
-    try:
-        return await handler(request)
-    except GatewayError as exc:
+def answer_for(request: web.BaseRequest, exc: Exception) -> web.Response:
+    """The JSON answer for a request that failed with `exc` (call it in the `except` block: an unexpected error is
+    logged with its traceback). aiohttp's own HTTP errors (e.g. 413 from client_max_size) get the same shape."""
+    if isinstance(exc, GatewayError):
         return error_response(exc)
-    except web.HTTPException as exc:
-        # aiohttp's own answers (e.g. 413 from client_max_size) get the same JSON shape.
-        if exc.status < 400:
-            raise
+    if isinstance(exc, web.HTTPException) and exc.status >= 400:
         return error_response(_http_exception_as_gateway_error(exc))
-    except Exception:
-        log.exception("unhandled error while serving %s", request.method)
-        return error_response(GatewayError())
+    log.exception("unhandled error while serving %s", request.method)
+    return error_response(GatewayError())
 
 
 def _http_exception_as_gateway_error(exc: web.HTTPException) -> GatewayError:
