@@ -191,9 +191,9 @@ def log_access(logger: logging.Logger, message: str, args: tuple[object, ...], f
     """`logger.info(message, *args, extra={FIELDS: fields})`, for the one access line per request.
 
     When the line would reach only our handler, with the JSON formatter and no filter on the way, it is formatted
-    and batched straight away: the same bytes as through logging's handler chain, at a third of the CPU (about
-    15 µs of a ~105 µs request, docs/benchmarks.md). Anything else (the text format, a handler or filter someone
-    added, pytest's capture) gets the ordinary LogRecord.
+    and batched straight away: the same bytes as through logging's handler chain, without the chain (about 2 of
+    ~105 µs per request, docs/benchmarks.md). Anything else (the text format, a handler or filter someone added,
+    pytest's capture) gets the ordinary LogRecord.
     """
     handler = _handler
     if handler is not None and not logger.filters and not handler.filters and _only_handler(logger) is handler:
