@@ -20,7 +20,8 @@ from .config import Upstream
 from .errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
 from .headers import downstream_response_headers
 from .metrics import Metrics
-from .upstream_client import UpstreamClient, UpstreamError, UpstreamResponse
+from .upstream_answer import UpstreamError, UpstreamResponse
+from .upstream_client import UpstreamClient
 
 log = logging.getLogger("gateway.proxy")
 

@@ -19,7 +19,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.upstream_client import UpstreamClient, UpstreamError, _Connection
+from gateway.upstream_answer import UpstreamError
+from gateway.upstream_client import UpstreamClient, _Connection
 from tests.conftest import GatewayFactory
 
 from .raw import request, send

@@ -1,0 +1,306 @@
+"""One answer from an upstream, as the connection receives it: its head at once, its body as it arrives.
+
+The bytes are parsed by llhttp (httptools); what is ours is what an answer may be (a bounded head, no content in
+an interim answer, nothing after its end) and how its body waits for the client (high and low water marks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import TYPE_CHECKING
+
+import httptools
+from multidict import CIMultiDict, CIMultiDictProxy
+
+if TYPE_CHECKING:
+    from .upstream_client import _Connection
+
+_HIGH_WATER = 256 * 1024  # stop reading the upstream socket while this much of an answer waits for the client
+_LOW_WATER = 64 * 1024
+MAX_HEAD_BYTES = 64 * 1024  # an upstream's answer head larger than this is a broken answer (aiohttp: 8 KiB a line)
+MAX_HEADERS = 256
+
+
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+
+
+class UpstreamError(Exception):
+    """No usable answer: refused or lost connection, a malformed answer, or an answer cut short."""
+
+
+class UpstreamResponse:
+    """One answer: its head at once, its body as it arrives. `release()` it when done, whatever happened."""
+
+    __slots__ = (
+        "_buffered",
+        "_chunks",
+        "_complete",
+        "_connection",
+        "_error",
+        "_head",
+        "_head_bytes",
+        "_head_only",
+        "_head_timer",
+        "_interim",
+        "_keep_alive",
+        "_parser",
+        "_pending",
+        "_progress",
+        "_raw_headers",
+        "_read_timeout",
+        "_received",
+        "_waiter",
+        "_writer",
+        "content_length",
+        "eof_delimited",
+        "headers",
+        "reason",
+        "status",
+    )
+
+    def __init__(self, connection: _Connection, *, head_only: bool, read_timeout: float) -> None:
+        self._connection = connection
+        self._head_only = head_only
+        self._read_timeout = read_timeout
+        # The parser holds this answer's callbacks, a reference cycle that release() breaks: left to the cyclic
+        # garbage collector, a dozen objects per request made its collections a measurable part of the CPU.
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
+        self._head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._pending = 0
+        self._progress = False
+        self._received = False
+        self._interim = False
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._complete = False
+        self._keep_alive = False
+        self._error: UpstreamError | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self.status = 0
+        self.reason = ""
+        self.headers: CIMultiDictProxy[str] = _NO_HEADERS
+        self.content_length: int | None = None
+        self.eof_delimited = False
+
+    # -- fed by the connection ----------------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        self._received = True
+        self._progress = False
+        try:
+            self._live_parser().feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.fail(UpstreamError(f"malformed answer: {type(exc).__name__}"))
+            self._connection.close()
+            return
+        # httptools keeps a header line (we keep the reason) until it ends: bytes that complete nothing are bounded,
+        # or one endless line would be taken in, and copied at every read, for the whole read timeout.
+        if self._progress:
+            self._pending = 0
+            return
+        self._pending += len(data)
+        if self._pending > MAX_HEAD_BYTES:
+            self.fail(UpstreamError("a line of the answer's head is too long"))
+            self._connection.close()
+
+    def lost(self, exc: Exception | None) -> None:
+        if exc is None and self._head.done() and not self._complete and self.eof_delimited:
+            # A body without length ends where the connection does, when the upstream closes it; a reset (or our
+            # own close, which fails the exchange first) cuts it short.
+            self._finish(keep_alive=False)
+        else:
+            self.fail(UpstreamError("the upstream closed the connection"))
+
+    def fail(self, error: UpstreamError) -> None:
+        if self._complete or self._error is not None:
+            return
+        self._error = error
+        if not self._head.done():
+            self._head_settled()
+            self._head.set_exception(error)
+            self._head.exception()  # retrieved: a caller that stopped waiting must not leave a warning behind
+        self._wake()
+
+    # -- llhttp callbacks ---------------------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._complete:  # bytes after a complete answer: the connection's framing is not ours any more
+            self._keep_alive = False
+            self._connection.close()
+
+    def on_status(self, reason: bytes) -> None:
+        self._head_bytes += len(reason)
+        self.reason += reason.decode("latin-1")  # in pieces when the status line is split across reads
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes > MAX_HEAD_BYTES or len(self._raw_headers) >= MAX_HEADERS:
+            raise UpstreamError("the answer's head is too large")
+        self._raw_headers.append((name, value))
+        self._progress = True
+
+    def on_headers_complete(self) -> None:
+        self._progress = True
+        status = self._live_parser().get_status_code()
+        if status < 100:
+            raise UpstreamError("a status code below 100")
+        if status < 200:  # 100 Continue, 103 Early Hints: the real answer follows on the same connection
+            self._interim = True
+            self._raw_headers.clear()
+            self.reason = ""
+            return
+        headers: CIMultiDict[str] = CIMultiDict()
+        for name, value in self._raw_headers:
+            headers.add(name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
+        self.status = status
+        self.headers = CIMultiDictProxy(headers)
+        te = headers.get("Transfer-Encoding")
+        chunked = te is not None and te.rsplit(",", 1)[-1].strip().lower() == "chunked"
+        length = headers.get("Content-Length")
+        if te is None and length is not None:
+            self.content_length = int(length)  # llhttp has checked it is one decimal number
+        no_body = self._head_only or status in (204, 304)
+        self.eof_delimited = not no_body and not chunked and self.content_length is None
+        self._head_settled()
+        self._head.set_result(None)
+        if self._head_only:
+            self._finish(keep_alive=self._live_parser().should_keep_alive())
+
+    def on_body(self, body: bytes) -> None:
+        if self._interim:
+            # A 1xx has no content (RFC 9110 §15.2), but llhttp reads one for 1xx codes other than 100-103: taking
+            # it as the final answer's would relay bytes past that answer's Content-Length to the client.
+            raise UpstreamError("content in an interim answer")
+        if self._complete:  # a body after an answer to HEAD
+            self._keep_alive = False
+            self._connection.close()
+            return
+        self._progress = True
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > _HIGH_WATER:
+            self._connection.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        self._progress = True
+        if self._interim:
+            self._interim = False
+            return
+        if not self._complete:
+            self._finish(keep_alive=self._live_parser().should_keep_alive())
+
+    # -- for the caller -----------------------------------------------------------------------------------------
+
+    async def wait_head(self) -> None:
+        """The read timeout starts once the request is sent whole: an upload may take longer than it (the client's
+        pace is bounded by the body timeout, the upstream's by the read timeout on each write)."""
+        writer = self._writer
+        if writer is not None and not self._head.done():
+            await asyncio.wait((self._head, writer), return_when=asyncio.FIRST_COMPLETED)
+            # A writer that fails closes the connection, which fails the head too: its own error says more.
+            answered = self._head.done() and self._head.exception() is None
+            if not answered and writer.done():
+                error = None if writer.cancelled() else writer.exception()
+                if isinstance(error, TimeoutError):
+                    raise TimeoutError("the upstream stopped taking the request body")
+                if error is not None:
+                    raise UpstreamError("the request body could not be sent") from error
+        await self.head_received()
+
+    def head_received(self) -> asyncio.Future[None]:
+        """The head's future, bounded by the read timeout: a timer that whatever settles the head cancels (cheaper
+        per request than asyncio.timeout() or a coroutine of its own)."""
+        head = self._head
+        if not head.done() and self._head_timer is None:
+            self._head_timer = asyncio.get_running_loop().call_later(self._read_timeout, _time_out, head)
+        return head
+
+    def _head_settled(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    async def read_chunk(self) -> bytes:
+        """The next piece of the body; b"" at its end. UpstreamError if it was cut short, TimeoutError if the
+        upstream went quiet for longer than the read timeout."""
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self._complete:
+                return b""
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            timer = loop.call_later(self._read_timeout, _time_out, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        chunk = self._chunks.popleft()
+        self._buffered -= len(chunk)
+        if self._buffered < _LOW_WATER:
+            self._connection.resume_reading()
+        return chunk
+
+    def body_if_complete(self) -> bytes | None:
+        """The whole body when it has arrived already (a small answer usually comes with its head), else None."""
+        if not self._complete or self._error is not None:
+            return None
+        chunks = self._chunks
+        body = b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        return body
+
+    async def read(self) -> bytes:
+        pieces = []
+        while chunk := await self.read_chunk():
+            pieces.append(chunk)
+        return b"".join(pieces)
+
+    def _live_parser(self) -> httptools.HttpResponseParser:
+        if self._parser is None:
+            raise UpstreamError("the answer was released")  # its connection feeds it nothing more
+        return self._parser
+
+    def release(self) -> None:
+        """Back to the pool if the exchange ended cleanly and was read to the end; closed otherwise."""
+        self._head_settled()  # a caller cancelled while it waited for the head
+        self._parser = None
+        connection = self._connection
+        if connection.exchange is not self:
+            return
+        connection.exchange = None
+        writer = self._writer
+        clean = self._complete and self._keep_alive and not self._chunks and self._error is None
+        if writer is not None:
+            if not writer.done():
+                writer.cancel()  # the upstream answered before taking the whole body
+                clean = False
+            elif writer.cancelled() or writer.exception() is not None:
+                clean = False
+        if clean:
+            connection.pool.put(connection)
+        else:
+            connection.close()
+
+    def _finish(self, *, keep_alive: bool) -> None:
+        self._complete = True
+        self._keep_alive = keep_alive
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+def _time_out(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError("the upstream did not answer within its read timeout"))
