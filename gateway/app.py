@@ -161,7 +161,7 @@ def build_app(
         pools = Sessions(upstream=_upstream_client(), idp=_idp_session(), shared=shared)
         runtime = build_runtime(config, pools, metrics)
         app[RUNTIME] = slot = RuntimeSlot(runtime)
-        if isinstance(runtime.authenticator, CachingAuthenticator):
+        if runtime.authenticator is not None:
             app[CACHE] = runtime.authenticator
         background: list[asyncio.Task[None]] = []
         if runtime.introspector is not None:
