@@ -385,9 +385,12 @@ _ROUTE = frozenset(
         "max_body_bytes",
         "allow_query_token",
         "cors",
+        "forward_unchecked_credentials",
     }
 )
-_CORS = frozenset({"allowed_origins", "allowed_methods", "allowed_headers", "max_age_seconds"})
+_CORS = frozenset(
+    {"allowed_origins", "allowed_methods", "allowed_headers", "max_age_seconds", "allow_credentials", "expose_headers"}
+)
 _LIMITS = frozenset(
     {
         "max_request_line_bytes",
@@ -604,6 +607,10 @@ def _cors(c: _Checker, node: Any, path: str, route_methods: frozenset[str] | Non
         parts = urlsplit(origin)
         if origin != "*" and (parts.scheme not in ("http", "https") or not parts.netloc or parts.path):
             c.fail(f"{path}.allowed_origins[{j}]", f"expected '*' or an origin like https://app.example: {origin!r}")
+    credentials = c.boolean(m, "allow_credentials", path, False)
+    if credentials and "*" in origins:
+        # Any site could then read a signed-in user's answers: list the origins instead.
+        c.fail(_join(path, "allow_credentials"), "cannot be combined with allowed_origins '*'")
     methods = c.string_list(m, "allowed_methods", path)
     if methods is None:
         methods = sorted(route_methods) if route_methods is not None else ["GET", "POST"]
@@ -612,6 +619,8 @@ def _cors(c: _Checker, node: Any, path: str, route_methods: frozenset[str] | Non
         methods=frozenset(x.upper() for x in methods),
         headers=frozenset(h.lower() for h in (c.string_list(m, "allowed_headers", path) or ["authorization"])),
         max_age=c.integer(m, "max_age_seconds", path, 600, 0, 86400),
+        allow_credentials=credentials,
+        expose_headers=tuple(c.string_list(m, "expose_headers", path) or ()),
     )
 
 
@@ -664,6 +673,11 @@ def _routes(c: _Checker, node: Any, upstreams: Mapping[str, Upstream]) -> list[R
                     _join(path, "methods"),
                     "an empty list matches nothing; leave it out to allow every method",
                 )
+        policy = _policy(c, m, path)
+        forward_unchecked = c.boolean(m, "forward_unchecked_credentials", path, False)
+        if forward_unchecked and policy.access is not Access.PUBLIC:
+            # A protected route forwards the token it checked (pass_authorization); nothing else is unchecked.
+            c.fail(_join(path, "forward_unchecked_credentials"), "only a public route forwards unchecked credentials")
         upstream = c.string(m, "upstream", path) or default_upstream
         if upstream is None:
             c.fail(
@@ -676,7 +690,7 @@ def _routes(c: _Checker, node: Any, upstreams: Mapping[str, Upstream]) -> list[R
             Route(
                 id=c.string(m, "id", path) or source,
                 pattern=pattern,
-                policy=_policy(c, m, path),
+                policy=policy,
                 upstream=upstream or "",
                 methods=methods,
                 pass_authorization=c.boolean(m, "pass_authorization", path, True),
@@ -685,6 +699,7 @@ def _routes(c: _Checker, node: Any, upstreams: Mapping[str, Upstream]) -> list[R
                 ),
                 allow_query_token=c.boolean(m, "allow_query_token", path, False),
                 cors=_cors(c, m.get("cors"), _join(path, "cors"), methods),
+                forward_unchecked_credentials=forward_unchecked,
             )
         )
     return routes

@@ -69,8 +69,16 @@ def query_token(query: str | None, *, max_bytes: int = DEFAULT_MAX_TOKEN_BYTES) 
     if len(found) > 1:
         raise InvalidRequestToken("more than one access_token parameter")
     token = unquote_plus(found[0].partition("=")[2])
-    rest = "&".join(f for f in fields if not _is_token_field(f))
-    return checked_token(token, max_bytes=max_bytes), (rest or None)
+    return checked_token(token, max_bytes=max_bytes), without_query_token(query)
+
+
+def without_query_token(query: str | None) -> str | None:
+    """The query without any `access_token` field (the rest byte for byte): for a token nobody checked."""
+    if not query_has_token(query):
+        return query
+    assert query is not None
+    rest = "&".join(f for f in query.split("&") if not _is_token_field(f))
+    return rest or None
 
 
 def form_has_token(body: bytes) -> bool:

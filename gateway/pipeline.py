@@ -18,7 +18,7 @@ from aiohttp import HttpVersion, web
 from .body import BodyGuard
 from .cache import CachingAuthenticator
 from .config import Config, Limits
-from .credentials import bearer_token, form_has_token, query_has_token, query_token
+from .credentials import bearer_token, form_has_token, query_has_token, query_token, without_query_token
 from .errors import (
     BadRequest,
     ExpectationFailed,
@@ -75,7 +75,8 @@ class RouteMemo:
 
 
 REQUEST_ID = web.RequestKey("request_id", str)
-CORS_ORIGIN = web.RequestKey("cors_origin", str)  # an allowed Origin, echoed on the answer by the app's hook
+# Set on a route with `cors:`: the CORS headers of its answers (none but Vary for an origin it does not allow).
+CORS_HEADERS = web.RequestKey("cors_headers", tuple[tuple[str, str], ...])
 REQUEST_ID_HEADER = "X-Request-Id"
 
 _FORM = "application/x-www-form-urlencoded"
@@ -191,10 +192,14 @@ def echo_headers(request: web.BaseRequest, response: web.StreamResponse) -> None
     origin of a route that allows it."""
     if REQUEST_ID in request:
         response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
-    if CORS_ORIGIN in request:
-        # The route's CORS settings are the gateway's to apply; an upstream's own answer is replaced.
-        response.headers["Access-Control-Allow-Origin"] = request[CORS_ORIGIN]
-        response.headers.add("Vary", "Origin")
+    if CORS_HEADERS in request:
+        # The route's CORS settings are the gateway's to apply: every Access-Control-* of the upstream's goes, or
+        # its own Allow-Origin / Allow-Credentials would let origins the route does not allow read the answer.
+        headers = response.headers
+        for name in [name for name in headers if name.lower().startswith("access-control-")]:
+            headers.popall(name, None)
+        for name, value in request[CORS_HEADERS]:
+            headers.add(name, value)
 
 
 def _client_request_id(request: web.BaseRequest) -> str | None:
@@ -231,13 +236,19 @@ async def handle(runtime: Runtime, request: web.BaseRequest) -> web.StreamRespon
             raise BadRequest("the Host header is not a valid host[:port]")
         if route is None:
             raise NotFound()
-        origin = request.headers.get("Origin")
-        if route.cors is not None and origin is not None and route.cors.allows_origin(origin):
-            request[CORS_ORIGIN] = origin  # also on 401/403, so the browser lets the page read why
+        if route.cors is not None:  # also on 401/403, so the browser lets the page read why
+            request[CORS_HEADERS] = route.cors.answer_headers(request.headers.get("Origin"))
         body = guard_body(config.limits, route, request)
         identity: Mapping[str, str] = _NO_IDENTITY
         token: str | None = None
-        if route.policy.access is not Access.PUBLIC:
+        relay_authorization = route.pass_authorization
+        if route.policy.access is Access.PUBLIC:
+            # Nobody checked them here: an upstream that trusts the gateway must not be handed a forged JWT, and
+            # a query token must not land in its access log. The route may say otherwise.
+            relay_authorization = route.forward_unchecked_credentials
+            if not relay_authorization:
+                query = without_query_token(query)
+        else:
             token, query = credentials(route, config.limits, request, query)
             authenticator, token = _checked_in(runtime, token, trace)
             principal = authenticator.cached(token) or await authenticator.authenticate(token)
@@ -255,7 +266,7 @@ async def handle(runtime: Runtime, request: web.BaseRequest) -> web.StreamRespon
             forwarded=forwarded_for(
                 request.remote or "", request.scheme, host, request.headers, config.trusted_proxies
             ),
-            pass_authorization=route.pass_authorization,
+            pass_authorization=relay_authorization,
         )
         if token is not None and route.pass_authorization:
             headers["Authorization"] = f"Bearer {token}"  # the token we checked, whichever way it came

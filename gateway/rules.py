@@ -225,32 +225,61 @@ class Policy:
 
 @dataclass(frozen=True, slots=True)
 class Cors:
-    """A route's answer to genuine CORS preflights (OPTIONS + Origin + Access-Control-Request-Method)."""
+    """A route's CORS: the gateway answers genuine preflights (OPTIONS + Origin + Access-Control-Request-Method)
+    and owns the Access-Control-* headers of every answer on the route (the upstream's are replaced)."""
 
-    origins: frozenset[str]  # exact origins; "*" allows any
+    origins: frozenset[str]  # exact origins; "*" allows any but `null`, and is answered as `*`
     methods: frozenset[str]
     headers: frozenset[str]  # lower case
     max_age: int = 600
+    allow_credentials: bool = False  # never with "*" (config refuses it; browsers would refuse it too)
+    expose_headers: tuple[str, ...] = ()
 
-    def allows_origin(self, origin: str) -> bool:
-        return origin in self.origins or "*" in self.origins
+    def allow_origin(self, origin: str | None) -> str | None:
+        """The Access-Control-Allow-Origin to answer `origin` with, or None: this origin may not read the answer.
+
+        `*` is sent as `*`, never as the echoed origin, so it can never pair with credentials; `null` (sandboxed
+        frames, file: pages, redirects) is any site's to send, so `*` does not cover it."""
+        if origin is None:
+            return None
+        if origin in self.origins:
+            return origin
+        if "*" in self.origins and origin != "null":
+            return "*"
+        return None
+
+    def answer_headers(self, origin: str | None) -> tuple[tuple[str, str], ...]:
+        """The CORS headers of an actual (not preflight) answer; the upstream's own are dropped."""
+        allowed = self.allow_origin(origin)
+        out: list[tuple[str, str]] = [("Vary", "Origin")]  # the answer depends on Origin: allowed or not
+        if allowed is not None:
+            out.append(("Access-Control-Allow-Origin", allowed))
+            if self.allow_credentials:
+                out.append(("Access-Control-Allow-Credentials", "true"))
+            if self.expose_headers:
+                out.append(("Access-Control-Expose-Headers", ", ".join(self.expose_headers)))
+        return tuple(out)
 
     def preflight(self, origin: str, method: str, request_headers: str) -> dict[str, str] | None:
         """The headers of an allowed preflight's answer, or None when this origin/method/header set is refused."""
-        if not self.allows_origin(origin):
+        allowed = self.allow_origin(origin)
+        if allowed is None:
             return None
         if method not in self.methods:
             return None
         asked = {h.strip().lower() for h in request_headers.split(",") if h.strip()}
         if not asked <= self.headers:
             return None
-        return {
-            "Access-Control-Allow-Origin": origin,
+        headers = {
+            "Access-Control-Allow-Origin": allowed,
             "Access-Control-Allow-Methods": ", ".join(sorted(self.methods)),
             "Access-Control-Allow-Headers": ", ".join(sorted(self.headers)),
             "Access-Control-Max-Age": str(self.max_age),
             "Vary": "Origin",
         }
+        if self.allow_credentials:
+            headers["Access-Control-Allow-Credentials"] = "true"
+        return headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +293,8 @@ class Route:
     max_body_bytes: int | None = None  # None: the global limit
     allow_query_token: bool = False  # RFC 6750 §2.3 `access_token` in the query, for clients that cannot set headers
     cors: Cors | None = None
+    # Public routes only: relay Authorization and `access_token` as sent, though the gateway checked neither.
+    forward_unchecked_credentials: bool = False
 
     def matches(self, method: str, path: str, *, fold: bool = False) -> bool:
         if self.methods is not None and method not in self.methods:

@@ -148,6 +148,7 @@ class RecordingUpstream:
         app.router.add_get("/open/slow", _slow)
         app.router.add_get("/open/gzip", _gzip)
         app.router.add_get("/open/broken", _broken)
+        app.router.add_get("/open/cors", _cors)
         app.router.add_route("*", "/{tail:.*}", _echo)
         return app
 
@@ -168,6 +169,27 @@ async def _cookies(_: web.Request) -> web.Response:
     response = web.Response(text="cookies")
     response.headers.add("Set-Cookie", "a=1; Path=/")
     response.headers.add("Set-Cookie", "b=2; Path=/")
+    return response
+
+
+# An upstream with CORS of its own, as permissive as it gets: any origin, with credentials.
+_UPSTREAM_CORS = {
+    "Access-Control-Allow-Credentials": "true",
+    "Access-Control-Expose-Headers": "X-Secret",
+    "Access-Control-Allow-Methods": "*",
+    "access-control-max-age": "86400",
+}
+
+
+async def _cors(request: web.Request) -> web.StreamResponse:
+    """Echoes Origin (or `*`) with credentials; `?stream=1` answers streamed (headers go out before the body)."""
+    headers = {"Access-Control-Allow-Origin": request.headers.get("Origin", "*"), **_UPSTREAM_CORS}
+    if not request.query.get("stream"):
+        return web.Response(text="cors", headers=headers)
+    response = web.StreamResponse(headers=headers)
+    await response.prepare(request)
+    await response.write(b"cors")
+    await response.write_eof()
     return response
 
 
