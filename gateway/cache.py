@@ -142,6 +142,10 @@ class CachingAuthenticator:
         (self._hits if isinstance(answer, Principal) else self._negative_hits).inc()
         return self._verdict(key, answer)
 
+    def pending(self, token: str) -> bool:
+        """Whether a call for this token is under way already (a request for it now shares that call)."""
+        return self.key(token) in self._pending
+
     async def authenticate(self, token: str) -> Principal:
         key = self.key(token)
         principal = self._cached(key)

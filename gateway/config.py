@@ -89,6 +89,7 @@ class IdPConfig:
     discovery_attempts: int = 5
     client_key: ClientKey | None = None  # set: private_key_jwt instead of client_secret_basic
     max_concurrent_calls: int = 64  # introspection calls in flight at once; more wait (within `timeout`)
+    max_concurrent_calls_per_client: int = 16  # uncached token checks one client address may have waiting (0: any)
     retry_on_connection_error: bool = True  # one quick retry when the connection fails (stale keep-alive)
     breaker_failures: int = 5  # consecutive failures that open the circuit breaker (0: never)
     breaker_cooldown: float = 5.0  # seconds of instant 503s before one probe call is let through
@@ -366,6 +367,7 @@ _IDP = frozenset(
         "timeout_seconds",
         "discovery_attempts",
         "max_concurrent_calls",
+        "max_concurrent_calls_per_client",
         "retry_on_connection_error",
         "breaker_failures",
         "breaker_cooldown_seconds",
@@ -482,6 +484,7 @@ def _idp(c: _Checker, node: Any, needed: bool) -> IdPConfig | None:
         client_secret=secret,
         client_key=client_key,
         max_concurrent_calls=c.integer(m, "max_concurrent_calls", "idp", 64, 1, 10_000),
+        max_concurrent_calls_per_client=c.integer(m, "max_concurrent_calls_per_client", "idp", 16, 0, 10_000),
         retry_on_connection_error=c.boolean(m, "retry_on_connection_error", "idp", True),
         breaker_failures=c.integer(m, "breaker_failures", "idp", 5, 0, 1_000_000),
         breaker_cooldown=c.number(m, "breaker_cooldown_seconds", "idp", 5.0),

@@ -163,6 +163,29 @@ class IdPUnavailable(GatewayError):
         return {"Retry-After": str(self.retry_after)}
 
 
+class IdPBusy(IdPUnavailable):
+    """No IdP call slot came free in time: 503 like an outage for the client, but the IdP was never asked, so it
+    is not the IdP's failure (the circuit breaker does not count it)."""
+
+    description = "the gateway is busy checking other tokens, try again shortly"
+    retry_after = 1
+
+    @property
+    def reason(self) -> str:
+        return "idp busy"
+
+
+class TooManyRequests(GatewayError):
+    """One client has too many tokens under check at once (`idp.max_concurrent_calls_per_client`)."""
+
+    status = 429
+    error = "too_many_requests"
+    description = "too many new tokens from this client are being checked, try again shortly"
+
+    def headers(self) -> Mapping[str, str]:
+        return {"Retry-After": "1"}
+
+
 class UpstreamUnavailable(GatewayError):
     status = 502
     error = "bad_gateway"

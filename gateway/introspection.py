@@ -20,7 +20,7 @@ import aiohttp
 from .breaker import CircuitBreaker
 from .client_auth import ClientAuth, JwtProfile, SecretBasic, basic_authorization
 from .config import IdPConfig
-from .errors import IdPUnavailable, InvalidToken
+from .errors import IdPBusy, IdPUnavailable, InvalidToken
 from .metrics import Metrics
 
 log = logging.getLogger("gateway.introspection")
@@ -126,8 +126,11 @@ class ConnectionFailed(IdPUnavailable):
 class Introspector:
     """Calls the introspection endpoint. One instance per app, sharing the app's IdP ClientSession.
 
-    Calls are bounded (a semaphore), each has one total deadline (waiting for the semaphore, the call and its
-    one quick retry on a connection error), and a circuit breaker answers 503 at once while the IdP is failing.
+    Calls are bounded (a semaphore). Waiting for a slot has a deadline of its own (`timeout`): a request that gets
+    none in time is 503, but that says nothing about the IdP, so the breaker does not hear of it; otherwise anyone
+    sending enough unknown tokens to a slow but healthy IdP could open it for everyone. The call (and its one
+    quick retry on a connection error) has `timeout` too, and only its failures count: a circuit breaker answers
+    503 at once while the IdP itself is failing.
     """
 
     def __init__(self, config: IdPConfig, session: aiohttp.ClientSession, metrics: Metrics) -> None:
@@ -147,7 +150,8 @@ class Introspector:
         self._timeout = aiohttp.ClientTimeout(total=config.timeout)
         self._calls = asyncio.Semaphore(config.max_concurrent_calls)
         self.breaker = CircuitBreaker(config.breaker_failures, config.breaker_cooldown)
-        self._outcomes = {o: metrics.introspections.labels(o) for o in ("active", "inactive", "error", "breaker_open")}
+        outcomes = ("active", "inactive", "error", "breaker_open", "no_slot")
+        self._outcomes = {o: metrics.introspections.labels(o) for o in outcomes}
 
     @property
     def ready(self) -> bool:
@@ -207,11 +211,20 @@ class Introspector:
         try:
             try:
                 async with asyncio.timeout(self._config.timeout):
-                    async with self._calls:
-                        principal = await self._call(await self._ensure_endpoint(), token)
-            except TimeoutError as exc:  # the total deadline, semaphore wait included
+                    await self._calls.acquire()
+            except TimeoutError as exc:  # no slot: the gateway is busy, the IdP has not been asked (abandon below)
+                self._outcomes["no_slot"].inc()
+                raise IdPBusy() from exc
+            try:
+                async with asyncio.timeout(self._config.timeout):
+                    principal = await self._call(await self._ensure_endpoint(), token)
+            except TimeoutError as exc:  # the IdP's own deadline: the call and its retry
                 log.warning("introspection timed out after %.1fs", self._config.timeout)
                 raise IdPUnavailable() from exc
+            finally:
+                self._calls.release()
+        except IdPBusy:
+            raise
         except InvalidToken:
             settled = True
             self.breaker.success()  # the IdP answered

@@ -6,6 +6,7 @@ canonical path -> match a route -> authenticate -> authorize -> mutate headers -
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -17,6 +18,7 @@ from aiohttp import HttpVersion, web
 
 from .body import BodyGuard
 from .cache import CachingAuthenticator
+from .client_budget import ClientBudget
 from .config import Config, Limits
 from .credentials import bearer_token, form_has_token, query_has_token, query_token, without_query_token
 from .errors import (
@@ -94,9 +96,12 @@ class Runtime:
     metrics: Metrics
     introspector: Introspector | None = None  # for readiness: has the IdP's discovery document been fetched?
     routing: RouteMemo = field(init=False, repr=False, compare=False)
+    budget: ClientBudget = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "routing", RouteMemo(self.config.routes))
+        idp = self.config.idp
+        object.__setattr__(self, "budget", ClientBudget(idp.max_concurrent_calls_per_client if idp else 0))
 
 
 @dataclass(slots=True)
@@ -239,6 +244,9 @@ async def handle(runtime: Runtime, request: web.BaseRequest) -> web.StreamRespon
         if route.cors is not None:  # also on 401/403, so the browser lets the page read why
             request[CORS_HEADERS] = route.cors.answer_headers(request.headers.get("Origin"))
         body = guard_body(config.limits, route, request)
+        # Who the client is (the peer, or what trusted proxies say): for the upstream, and for its token budget.
+        forwarded = forwarded_for(request.remote or "", request.scheme, host, request.headers, config.trusted_proxies)
+        client = forwarded.client_ip
         identity: Mapping[str, str] = _NO_IDENTITY
         token: str | None = None
         relay_authorization = route.pass_authorization
@@ -251,7 +259,12 @@ async def handle(runtime: Runtime, request: web.BaseRequest) -> web.StreamRespon
         else:
             token, query = credentials(route, config.limits, request, query)
             authenticator, token = _checked_in(runtime, token, trace)
-            principal = authenticator.cached(token) or await authenticator.authenticate(token)
+            principal = authenticator.cached(token)
+            if principal is None:
+                # Only a new IdP call counts against the client's budget; sharing one under way costs nothing.
+                admit = contextlib.nullcontext() if authenticator.pending(token) else runtime.budget.checking(client)
+                with admit:
+                    principal = await authenticator.authenticate(token)
             lacking = missing_roles(route.policy, principal.roles)
             if lacking is not None:
                 raise InsufficientScope(f"this route requires the role {lacking}", required=lacking)
@@ -263,9 +276,7 @@ async def handle(runtime: Runtime, request: web.BaseRequest) -> web.StreamRespon
         headers = upstream_request_headers(
             request.headers,
             identity=identity,
-            forwarded=forwarded_for(
-                request.remote or "", request.scheme, host, request.headers, config.trusted_proxies
-            ),
+            forwarded=forwarded,
             pass_authorization=relay_authorization,
         )
         if token is not None and route.pass_authorization:
