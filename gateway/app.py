@@ -15,6 +15,7 @@ from aiohttp import http_parser, web
 from .cache import CachingAuthenticator
 from .config import Config, Limits
 from .errors import BadRequest, answer_for, error_response
+from .head_limit import GatewayServer
 from .introspection import Introspector
 from .metrics import Metrics
 from .pipeline import Runtime, echo_headers, handle
@@ -105,6 +106,7 @@ class Listener:
 
     handler: Entry
     server_args: Mapping[str, Any]
+    max_head_bytes: int  # request line and headers together; more is 431 (gateway.head_limit)
 
 
 LISTENER = web.AppKey("listener", Listener)
@@ -131,7 +133,9 @@ class GatewayRunner(web.BaseRunner):
         self.app.freeze()
         listener = self.app[LISTENER]
         # The gateway's own settings win over the runner's, as web.Application's handler_args do.
-        return web.Server(listener.handler, **{**self._kwargs, **listener.server_args})
+        return GatewayServer(
+            listener.handler, max_head_bytes=listener.max_head_bytes, **{**self._kwargs, **listener.server_args}
+        )
 
     async def _cleanup_server(self) -> None:
         await self.app.cleanup()
@@ -209,5 +213,5 @@ def build_app(
                 response.force_close()
         return response
 
-    app[LISTENER] = Listener(entry, handler_args(config.limits))
+    app[LISTENER] = Listener(entry, handler_args(config.limits), config.limits.max_head_bytes)
     return app

@@ -121,6 +121,7 @@ class Limits:
     max_request_line_bytes: int = 8190  # aiohttp max_line_size
     max_header_bytes: int = 16384  # aiohttp max_field_size: one header line
     max_headers: int = 100
+    max_head_bytes: int = 32768  # the request line and every header together, as nginx's default: 431
     max_token_bytes: int = 4096
     max_body_bytes: int = 10 * 1024 * 1024  # a route's max_body_bytes overrides it
     keepalive_timeout: float = 75.0  # idle connections, and a request head that takes longer to arrive
@@ -398,6 +399,7 @@ _LIMITS = frozenset(
         "max_request_line_bytes",
         "max_header_bytes",
         "max_headers",
+        "max_head_bytes",
         "max_token_bytes",
         "max_body_bytes",
         "keepalive_timeout_seconds",
@@ -575,6 +577,7 @@ def _limits(c: _Checker, node: Any) -> Limits:
         max_request_line_bytes=c.integer(m, "max_request_line_bytes", "limits", d.max_request_line_bytes, 256, 1 << 20),
         max_header_bytes=c.integer(m, "max_header_bytes", "limits", d.max_header_bytes, 256, 1 << 20),
         max_headers=c.integer(m, "max_headers", "limits", d.max_headers, 8, 10_000),
+        max_head_bytes=c.integer(m, "max_head_bytes", "limits", d.max_head_bytes, 1024, 1 << 26),
         max_token_bytes=c.integer(m, "max_token_bytes", "limits", d.max_token_bytes, 16, 1 << 20),
         max_body_bytes=c.integer(m, "max_body_bytes", "limits", d.max_body_bytes, 0, _MAX_BYTES),
         keepalive_timeout=c.number(m, "keepalive_timeout_seconds", "limits", d.keepalive_timeout, minimum=0.1),

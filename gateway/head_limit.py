@@ -1,0 +1,124 @@
+"""The request head bounded in total (`limits.max_head_bytes`), counted as bytes arrive, before the parser keeps them.
+
+aiohttp's parser bounds each line and the number of lines, not their sum: 98 lines of 16 KiB each are accepted and
+held while the head is incomplete, per connection. Here a connection's bytes are counted from the start of a head
+until the parser has it whole; past the bound the client gets 431 and the connection is closed, and the bytes
+that crossed it never reach the parser.
+
+Body bytes are not head bytes: a read is counted up to the end of the head it completes, and nothing is counted
+while a body arrives. When a read ends one request and starts the next, the next head's bytes are those after the
+last blank line if the request had no body (checked once the parser has them, so one read, at most 256 KiB, may be
+spent before the refusal); after a body they cannot be told from it without a second parser and are not counted,
+so a head may exceed the bound by at most one read, once per request with a body.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler
+
+_BODY = (
+    b'{"error":"request_header_fields_too_large",'
+    b'"error_description":"the request head is larger than the gateway accepts"}'
+)
+TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
+    b"X-Content-Type-Options: nosniff\r\nConnection: close\r\n" + b"Content-Length: %d\r\n\r\n" % len(_BODY) + _BODY
+)
+
+
+_LINGER = 1.0  # seconds
+
+
+def head_end(seen: bytes) -> int | None:
+    """Where the first head terminator (CRLF CRLF, or LF LF) in `seen` ends, or None if it has none."""
+    ends = [at + size for at, size in ((seen.find(b"\n\r\n"), 3), (seen.find(b"\n\n"), 2)) if at >= 0]
+    return min(ends) if ends else None
+
+
+def bytes_after_head(seen: bytes) -> int | None:
+    """How many bytes of `seen` follow its last head terminator, or None if it has none."""
+    end = max(seen.rfind(b"\n\r\n") + 3, seen.rfind(b"\n\n") + 2)
+    return len(seen) - end if end > 2 else None
+
+
+class BoundedRequestHandler(RequestHandler):
+    """aiohttp's connection handler with the whole request head bounded."""
+
+    __slots__ = ("_body", "_head", "_max_head", "_refused", "_tail")
+
+    def __init__(self, manager: web.Server, *, max_head_bytes: int, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._max_head = max_head_bytes
+        self._head = 0  # bytes of the head now arriving
+        self._body: StreamReader | None = None  # the body now arriving, whose bytes are not counted
+        self._tail = b""  # the last bytes of the previous read: a terminator may straddle two reads
+        self._refused = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # read and dropped until the connection closes
+        if self._body is not None and self._body.is_eof():
+            self._start_head()
+        if self._body is None and data:
+            # Counted up to the end of this head only: what follows it in the same read is a body, or more requests.
+            end = head_end(self._tail + data)
+            self._head += len(data) if end is None else max(0, end - len(self._tail))
+            if self._head > self._max_head:
+                self._refuse()
+                return
+        before = self._request_count
+        super().data_received(data)
+        if self._request_count != before:  # the parser completed a head (or refused one) in this read
+            payload = self._messages[-1][1]
+            if not payload.is_eof():
+                self._start_head(body=payload)
+            elif payload.total_bytes:
+                self._start_head()  # where its body ended in this read is not known: the rest is not counted
+            else:
+                # No body: everything after the last blank line is the next head, already with the parser.
+                after = bytes_after_head(self._tail + data)
+                after = len(data) if after is None else min(after, len(data))
+                self._start_head(data[len(data) - after :])
+                if self._head > self._max_head:
+                    self._refuse()
+        elif self._body is not None and self._body.is_eof():
+            self._start_head()
+        elif self._body is None:
+            self._tail = (self._tail + data)[-3:]
+
+    def _start_head(self, begun: bytes = b"", body: StreamReader | None = None) -> None:
+        """A new head starts (with the bytes `begun`), or a body whose bytes are not counted."""
+        self._body = body
+        self._head = len(begun)
+        self._tail = begun[-3:]
+
+    def _refuse(self) -> None:
+        self._refused = True
+        transport = self.transport
+        if transport is None or self._current_request is not None or self._messages:
+            self.force_close()  # another answer is under way: a 431 would land inside it
+            return
+        transport.write(TOO_LARGE)
+        if transport.can_write_eof():
+            transport.write_eof()
+        # Closing with unread input would send a reset, which can destroy the 431 before the client reads it: read
+        # and drop for a moment (the client closing ends it sooner), then close.
+        self._loop.call_later(_LINGER, self.force_close)
+
+
+class GatewayServer(web.Server):
+    """aiohttp's low-level server whose connections are BoundedRequestHandlers."""
+
+    def __init__(self, handler: Any, *, max_head_bytes: int, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._max_head_bytes = max_head_bytes
+
+    def __call__(self) -> RequestHandler:
+        return BoundedRequestHandler(self, max_head_bytes=self._max_head_bytes, loop=self._loop, **self._kwargs)
+
+
+__all__ = ["TOO_LARGE", "BoundedRequestHandler", "GatewayServer"]
