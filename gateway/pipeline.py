@@ -253,8 +253,8 @@ async def handle(runtime: Runtime, request: web.BaseRequest) -> web.StreamRespon
         if route.policy.access is Access.PUBLIC:
             # Nobody checked them here: an upstream that trusts the gateway must not be handed a forged JWT, and
             # a query token must not land in its access log. The route may say otherwise.
-            relay_authorization = route.forward_unchecked_credentials
-            if not relay_authorization:
+            relay_authorization = route.pass_authorization and route.forward_unchecked_credentials
+            if not route.forward_unchecked_credentials:
                 query = without_query_token(query)
         else:
             token, query = credentials(route, config.limits, request, query)

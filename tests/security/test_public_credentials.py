@@ -17,6 +17,7 @@ FORGED = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9."
 ROUTES: list[dict[str, Any]] = [
     {"path": "/open/**", "policy": "public"},
     {"path": "/relay/**", "policy": "public", "forward_unchecked_credentials": True},
+    {"path": "/half/**", "policy": "public", "forward_unchecked_credentials": True, "pass_authorization": False},
 ]
 
 
@@ -52,6 +53,14 @@ async def test_a_route_may_opt_in_to_relay_them_as_sent(
     assert upstream.last.raw_path == f"/relay/x?access_token={FORGED}"
     assert ("Authorization", "Basic dXNlcjpwYXNz") in upstream.last.headers
     assert idp.introspections == 0
+
+
+async def test_pass_authorization_false_still_wins(make_gateway: GatewayFactory, upstream: RecordingUpstream) -> None:
+    gateway = await make_gateway(routes=ROUTES)
+    resp = await gateway.get("/half/x?access_token=t", headers={"Authorization": "Basic dXNlcjpwYXNz"})
+    assert resp.status == 200
+    assert upstream.last.raw_path == "/half/x?access_token=t"
+    assert "authorization" not in {name.lower() for name, _ in upstream.last.headers}
 
 
 @pytest.mark.parametrize(
