@@ -11,51 +11,9 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from bench.recipes import move_cache, nginx_main, render
+
 from .support import free_port
-
-RECIPES = Path(__file__).resolve().parent.parent / "deploy" / "forward-auth"
-GATEWAY = "127.0.0.1:9092"  # the addresses the recipes are written with
-BACKEND = "127.0.0.1:8081"
-
-_NGINX_MAIN = """\
-{user}worker_processes 1;
-daemon off;
-error_log {prefix}/error.log warn;
-pid {prefix}/nginx.pid;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/client_body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    include {recipe};
-}}
-"""
-
-_CADDY_GLOBAL = """\
-{
-	admin off
-	auto_https off
-}
-"""
-
-
-def _replace(text: str, old: str, new: str) -> str:
-    assert old in text, f"the recipe no longer mentions {old!r}"
-    return text.replace(old, new)
-
-
-def render(recipe: str, *, listen: int, gateway: int, backend: int) -> str:
-    """The shipped recipe with this test's ports: only addresses change, every directive is as documented."""
-    text = (RECIPES / recipe).read_text(encoding="utf-8")
-    text = _replace(text, GATEWAY, f"127.0.0.1:{gateway}")
-    text = _replace(text, BACKEND, f"127.0.0.1:{backend}")
-    if recipe == "Caddyfile":
-        # Any Host (raw attack requests name their own), on loopback only.
-        return _replace(text, "\n:8080 {", f"\nhttp://:{listen} {{\n\tbind 127.0.0.1")
-    return _replace(text, "listen 8080;", f"listen 127.0.0.1:{listen};")
 
 
 async def _wait_for(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
@@ -85,16 +43,14 @@ async def ingress(kind: str, directory: Path, *, gateway: int, backend: int) -> 
         recipe = render(f"{kind}.conf", listen=port, gateway=gateway, backend=backend)
         if kind == "nginx-cached":
             cache_dir = Path("/dev/shm") / f"zitadel-gateway-test-{uuid.uuid4().hex}"
-            recipe = _replace(recipe, "/dev/shm/zitadel-gateway-decisions", str(cache_dir))
+            recipe = move_cache(recipe, cache_dir)
         (prefix / "recipe.conf").write_text(recipe, encoding="utf-8")
-        user = "user root;\n" if os.geteuid() == 0 else ""
-        main = _NGINX_MAIN.format(user=user, prefix=prefix, recipe=prefix / "recipe.conf")
-        (prefix / "nginx.conf").write_text(main, encoding="utf-8")
+        (prefix / "nginx.conf").write_text(nginx_main(prefix, prefix / "recipe.conf"), encoding="utf-8")
         command = [shutil.which("nginx") or "/usr/sbin/nginx", "-p", str(prefix), "-c", str(prefix / "nginx.conf")]
         env = dict(os.environ)
     else:
         caddyfile = prefix / "Caddyfile"
-        caddyfile.write_text(_CADDY_GLOBAL + render("Caddyfile", listen=port, gateway=gateway, backend=backend))
+        caddyfile.write_text(render("Caddyfile", listen=port, gateway=gateway, backend=backend))
         command = ["caddy", "run", "--config", str(caddyfile), "--adapter", "caddyfile"]
         env = {**os.environ, "XDG_DATA_HOME": str(prefix / "data"), "XDG_CONFIG_HOME": str(prefix / "config")}
     log = (prefix / "server.log").open("wb")

@@ -9,10 +9,9 @@ from typing import Any
 
 import yaml
 
+from bench.recipes import RECIPES
 from gateway.forward_auth import HOST_HEADER, METHOD_HEADER, URI_HEADER
 from gateway.headers import IDENTITY_HEADERS
-
-from .ingress import RECIPES
 
 
 def _load(name: str) -> Any:
