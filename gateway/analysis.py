@@ -7,10 +7,17 @@ Patterns are compared as sets of *canonical* paths: a non-final segment is never
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
-from .rules import Access, PathError, PathPattern, Route, canonical_path, missing_roles, resolve_route, split_target
+from multidict import CIMultiDict
+
+from .config import Limits
+from .decision import Decider, Decision, Inbound, Trace
+from .errors import GatewayError
+from .introspection import Principal
+from .rules import Access, PathError, PathPattern, Route, canonical_path, split_target
 
 STAR = "*"
 _ANY_SEGMENT = "x"  # a witness for `*`: any non-empty segment will do
@@ -128,7 +135,7 @@ def route_warnings(routes: Sequence[Route]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# explain: what the pipeline would decide, from the same pure functions it uses, with no server and no IdP.
+# explain: what the gateway would decide, from the decision core itself, with no server and no IdP.
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,28 +154,61 @@ class Explanation:
         return "allow" if self.status == 200 else f"{self.status} {self.reason}"
 
 
+class _Roles:
+    """An authenticator that knows one answer: the roles `explain` was given. It never suspends, so the decision
+    core's coroutine runs to its end without an event loop."""
+
+    def __init__(self, roles: frozenset[str]) -> None:
+        self._principal = Principal(subject="explain", roles=roles)
+
+    def cached(self, token: str) -> Principal:
+        return self._principal
+
+    def pending(self, token: str) -> bool:
+        return False
+
+    async def authenticate(self, token: str) -> Principal:
+        return self._principal
+
+
+def _settle(decision: Coroutine[Any, Any, Decision]) -> Decision:
+    try:
+        decision.send(None)
+    except StopIteration as done:
+        return cast(Decision, done.value)
+    decision.close()
+    raise RuntimeError("the decision waited for I/O")  # only a real authenticator does
+
+
 def explain(routes: Sequence[Route], method: str, target: str, roles: frozenset[str] | None) -> Explanation:
-    """`roles` None is a request without a token; a set is a valid token carrying those roles."""
+    """What the decision core decides. `roles` None is a request without a token; a set is a valid token carrying
+    those roles."""
     raw_path = target.partition("?")[0]
+    headers: CIMultiDict[str] = CIMultiDict()
+    if roles is not None:
+        headers["Authorization"] = "Bearer explain"
+    decider = Decider(tuple(routes), Limits(), _Roles(roles or frozenset()))
+    trace = Trace("explain")
     try:
-        path = canonical_path(split_target(target)[0])  # as the pipeline splits: a fragment is 400 there too
-    except PathError as exc:
-        return Explanation(method, raw_path, None, None, None, 400, f"bad path: {exc}")
+        decision = _settle(decider.decide(Inbound(method, target, headers), trace))
+    except GatewayError as exc:
+        route = trace.route
+        index = list(routes).index(route) if route is not None else None
+        if isinstance(exc.__cause__, PathError):
+            canonical = trace.path if trace.path != "-" else _canonical_or_none(target)
+            return Explanation(method, raw_path, canonical, None, None, exc.status, f"bad path: {exc.__cause__}")
+        return Explanation(method, raw_path, trace.path, index, route, exc.status, exc.reason)
+    route = decision.route
+    reason = "public" if route.policy.access is Access.PUBLIC else route.policy.describe()
+    return Explanation(method, raw_path, decision.path, list(routes).index(route), route, 200, reason)
+
+
+def _canonical_or_none(target: str) -> str | None:
+    """The canonical path when only the route look-up refused the request (a case-ambiguous path)."""
     try:
-        route = resolve_route(routes, method, path)  # as the pipeline matches: case-ambiguous paths are 400
-    except PathError as exc:
-        return Explanation(method, raw_path, path, None, None, 400, f"bad path: {exc}")
-    if route is None:
-        return Explanation(method, raw_path, path, None, None, 404, "no route")
-    index = list(routes).index(route)
-    if route.policy.access is Access.PUBLIC:
-        return Explanation(method, raw_path, path, index, route, 200, "public")
-    if roles is None:
-        return Explanation(method, raw_path, path, index, route, 401, "no token")
-    lacking = missing_roles(route.policy, roles)
-    if lacking is not None:
-        return Explanation(method, raw_path, path, index, route, 403, f"missing role {lacking}")
-    return Explanation(method, raw_path, path, index, route, 200, route.policy.describe())
+        return canonical_path(split_target(target)[0])
+    except PathError:
+        return None
 
 
 def explanation_lines(exp: Explanation, upstream_url: str | None, who: str) -> list[str]:

@@ -15,6 +15,7 @@ from aiohttp import http_parser, web
 from .cache import CachingAuthenticator
 from .config import Config, Limits
 from .errors import BadRequest, answer_for, error_response
+from .forward_auth import handle_forward_auth
 from .head_limit import GatewayServer
 from .introspection import Introspector
 from .metrics import Metrics
@@ -110,6 +111,7 @@ class Listener:
 
 
 LISTENER = web.AppKey("listener", Listener)
+FORWARD_AUTH = web.AppKey("forward_auth", Listener)  # present when `forward_auth:` is on
 
 
 class GatewayRunner(web.BaseRunner):
@@ -139,6 +141,13 @@ class GatewayRunner(web.BaseRunner):
 
     async def _cleanup_server(self) -> None:
         await self.app.cleanup()
+
+
+def forward_auth_runner(app: web.Application, shutdown_timeout: float) -> web.ServerRunner:
+    """The forward-auth listener's runner, for an app that a GatewayRunner has started (it holds the sessions)."""
+    listener = app[FORWARD_AUTH]
+    server = GatewayServer(listener.handler, max_head_bytes=listener.max_head_bytes, **listener.server_args)
+    return web.ServerRunner(server, handle_signals=False, shutdown_timeout=shutdown_timeout)
 
 
 def build_app(
@@ -214,4 +223,13 @@ def build_app(
         return response
 
     app[LISTENER] = Listener(entry, handler_args(config.limits), config.limits.max_head_bytes)
+    if config.forward_auth is not None:
+
+        async def decide(request: web.BaseRequest) -> web.StreamResponse:
+            try:
+                return await handle_forward_auth(app[RUNTIME].current, request)
+            except Exception as exc:
+                return answer_for(request, exc)
+
+        app[FORWARD_AUTH] = Listener(decide, handler_args(config.limits), config.limits.max_head_bytes)
     return app

@@ -82,6 +82,12 @@ class LocalCache:
             self._entries.popitem(last=False)
             self.evictions += 1
 
+    def remaining(self, key: bytes, now: float) -> float:
+        entry = self._entries.get(key)
+        if entry is None or not isinstance(entry[1], Principal):
+            return 0.0
+        return max(0.0, entry[0] - now)
+
     def drop(self, key: bytes) -> None:
         self._entries.pop(key, None)
 
@@ -145,6 +151,11 @@ class CachingAuthenticator:
     def pending(self, token: str) -> bool:
         """Whether a call for this token is under way already (a request for it now shares that call)."""
         return self.key(token) in self._pending
+
+    def remaining(self, token: str) -> float:
+        """Seconds this process keeps the token's positive answer (0 if none): how long a copy of a decision made
+        from it (an ingress's cache) may live without outlasting ours."""
+        return self._local.remaining(self.key(token), self._monotonic())
 
     async def authenticate(self, token: str) -> Principal:
         key = self.key(token)

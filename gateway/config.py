@@ -49,6 +49,21 @@ class Admin:
     port: int = 9091
 
 
+FORWARD_AUTH_ORIGINALS = ("headers", "request")
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardAuth:
+    """The forward-auth listener: an ingress asks it "may this pass, and who is it?". A port of its own, never the
+    proxy's; loopback by default. `original`: where the request to decide is read from, set here and never guessed
+    (`headers`: X-Forwarded-Method/-Uri/-Host/-Proto, as nginx, Traefik and Caddy send them; `request`: the
+    request's own method and target, as Envoy's ext_authz HTTP service sends them)."""
+
+    host: str = "127.0.0.1"
+    port: int = 9092
+    original: str = "headers"
+
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "text")
 
@@ -161,6 +176,7 @@ class Config:
     trusted_proxies: tuple[IPNetwork, ...] = ()
     cache: CacheConfig = CacheConfig()
     workers: int = 1
+    forward_auth: ForwardAuth | None = None  # None: off
 
     def __post_init__(self) -> None:
         # Frozen all the way down: a plain dict here could be changed by anyone holding the config.
@@ -353,9 +369,11 @@ _TOP = frozenset(
         "trusted_proxies",
         "cache",
         "workers",
+        "forward_auth",
     }
 )
 _LISTEN = frozenset({"host", "port"})
+_FORWARD_AUTH = frozenset({"host", "port", "original"})
 _LOGGING = frozenset({"level", "format"})
 _RELOAD = frozenset({"watch", "poll_seconds"})
 _IDP = frozenset(
@@ -431,6 +449,24 @@ def _admin(c: _Checker, node: Any, listen: Listen) -> Admin:
         # Health and metrics must never be reachable through the proxy's address.
         c.fail("admin.port", f"must differ from listen.port ({listen.port})")
     return admin
+
+
+def _forward_auth(c: _Checker, node: Any, listen: Listen, admin: Admin) -> ForwardAuth | None:
+    """Off when the section is absent or its port is empty (the shipped config: `${FORWARD_AUTH_PORT:-}`)."""
+    if node is None:
+        return None
+    m = c.mapping(node, "forward_auth", _FORWARD_AUTH)
+    if m.get("port") in (None, ""):
+        return None
+    forward_auth = ForwardAuth(
+        host=c.string(m, "host", "forward_auth", "127.0.0.1") or "127.0.0.1",
+        port=c.integer(m, "port", "forward_auth", 9092, 1, 65535),
+        original=_one_of(c, m, "original", "forward_auth", FORWARD_AUTH_ORIGINALS, "headers"),
+    )
+    for other, port in (("listen.port", listen.port), ("admin.port", admin.port)):
+        if forward_auth.port == port:
+            c.fail("forward_auth.port", f"must differ from {other} ({port})")
+    return forward_auth
 
 
 def _one_of(c: _Checker, m: dict[str, Any], key: str, path: str, choices: tuple[str, ...], default: str) -> str:
@@ -731,6 +767,7 @@ def parse_config(document: Any, *, source: str, env: Mapping[str, str]) -> Confi
     trusted = _trusted_proxies(c, doc.get("trusted_proxies"))
     cache = _cache(c, doc.get("cache"))
     workers = c.integer(doc, "workers", "", 1, 1, 256)
+    forward_auth = _forward_auth(c, doc.get("forward_auth"), listen, admin)
     if c.problems:
         raise ConfigError(c.problems)
     return Config(
@@ -747,6 +784,7 @@ def parse_config(document: Any, *, source: str, env: Mapping[str, str]) -> Confi
         trusted_proxies=trusted,
         cache=cache,
         workers=workers,
+        forward_auth=forward_auth,
     )
 
 

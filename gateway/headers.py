@@ -206,6 +206,10 @@ def header_value(value: str) -> str:
     return quote(value, safe=" !#$&'()*+/:;=?@[]^`{|}~\"<>\\")
 
 
+# Every header identity_headers() can set, in one place: the forward-auth answer sends each of them.
+IDENTITY_HEADERS = ("X-Auth-Subject", "X-Auth-Username", "X-Auth-Roles", "X-Auth-Client-Id", "X-Auth-Org-Id")
+
+
 def identity_headers(
     *, subject: str, username: str | None, roles: Iterable[str], client_id: str | None, org_id: str | None
 ) -> dict[str, str]:

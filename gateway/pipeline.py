@@ -6,13 +6,10 @@ canonical path -> match a route -> authenticate -> authorize -> mutate headers -
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 from aiohttp import HttpVersion, web
 
@@ -20,60 +17,19 @@ from .body import BodyGuard
 from .cache import CachingAuthenticator
 from .client_budget import ClientBudget
 from .config import Config, Limits
-from .credentials import bearer_token, form_has_token, query_has_token, query_token, without_query_token
-from .errors import (
-    BadRequest,
-    ExpectationFailed,
-    GatewayError,
-    IdPUnavailable,
-    InsufficientScope,
-    InvalidRequestToken,
-    NotFound,
-    PayloadTooLarge,
-    PreflightRejected,
-    Unauthenticated,
-)
-from .headers import forwarded_for, identity_headers, upstream_request_headers, valid_host
-from .introspection import Introspector, Principal
-from .logs import log_access, request_id, token_hash
+from .credentials import form_has_token
+from .decision import Decider, Inbound, Trace, upstream_target
+from .errors import BadRequest, ExpectationFailed, GatewayError, InvalidRequestToken, PayloadTooLarge
+from .headers import forwarded_for, upstream_request_headers
+from .introspection import Introspector
+from .logs import log_access, request_id
 from .metrics import Metrics
-from .proxy import forward, upstream_target
-from .rules import Access, PathError, Route, canonical_path, missing_roles, resolve_route, split_target
+from .proxy import forward
+from .rules import Route
 from .upstream_client import UpstreamClient
 
 access_log = logging.getLogger("gateway.access")
 _ACCESS_MESSAGE = "%s %s %d %s"
-_NO_IDENTITY: Mapping[str, str] = MappingProxyType({})
-
-
-class RouteMemo:
-    """(method, raw path) -> (canonical path, route), remembered: both are pure functions of one config.
-
-    Bounded (cleared when full; long paths are never kept), so random paths cannot grow memory. Refused paths
-    (PathError) are not remembered: they raise every time.
-    """
-
-    __slots__ = ("_memo", "_routes")
-
-    MAX_ENTRIES = 4096
-    MAX_PATH = 256
-
-    def __init__(self, routes: tuple[Route, ...]) -> None:
-        self._routes = routes
-        self._memo: dict[tuple[str, str], tuple[str, Route | None]] = {}
-
-    def resolve(self, method: str, raw_path: str) -> tuple[str, Route | None]:
-        key = (method, raw_path)
-        hit = self._memo.get(key)
-        if hit is not None:
-            return hit
-        path = canonical_path(raw_path)
-        resolved = (path, resolve_route(self._routes, method, path))
-        if len(raw_path) <= self.MAX_PATH:
-            if len(self._memo) >= self.MAX_ENTRIES:
-                self._memo.clear()
-            self._memo[key] = resolved
-        return resolved
 
 
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -95,32 +51,13 @@ class Runtime:
     upstream_client: UpstreamClient
     metrics: Metrics
     introspector: Introspector | None = None  # for readiness: has the IdP's discovery document been fetched?
-    routing: RouteMemo = field(init=False, repr=False, compare=False)
-    budget: ClientBudget = field(init=False, repr=False, compare=False)
+    decider: Decider = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "routing", RouteMemo(self.config.routes))
         idp = self.config.idp
-        object.__setattr__(self, "budget", ClientBudget(idp.max_concurrent_calls_per_client if idp else 0))
-
-
-@dataclass(slots=True)
-class Trace:
-    """What the decision log line needs beyond the decision itself; filled in as the stages run."""
-
-    request_id: str
-    token_hash: str = "-"
-    upstream_seconds: float | None = None
-
-
-def route_for(runtime: Runtime, method: str, raw_target: str) -> tuple[str, str | None, Route | None]:
-    """(canonical path, query, route) or BadRequest: the one path that is matched and forwarded."""
-    try:
-        raw_path, query = split_target(raw_target)
-        path, route = runtime.routing.resolve(method, raw_path)
-        return path, query, route
-    except PathError as exc:
-        raise BadRequest(f"the request path is not acceptable: {exc}") from exc
+        budget = ClientBudget(idp.max_concurrent_calls_per_client if idp else 0)
+        decider = Decider(self.config.routes, self.config.limits, self.authenticator, budget)
+        object.__setattr__(self, "decider", decider)
 
 
 def guard_body(limits: Limits, route: Route, request: web.BaseRequest) -> BodyGuard | None:
@@ -141,18 +78,6 @@ def guard_body(limits: Limits, route: Route, request: web.BaseRequest) -> BodyGu
     return BodyGuard(request.content, limit=limit, timeout=limits.body_timeout, send_continue=send_continue)
 
 
-def credentials(
-    route: Route, limits: Limits, request: web.BaseRequest, query: str | None
-) -> tuple[str | None, str | None]:
-    """(token or None, the query to forward). A token in two places is 400 invalid_request (RFC 6750 §2)."""
-    header = bearer_token(request.headers.getall("Authorization", []), max_bytes=limits.max_token_bytes)
-    if header is not None and query_has_token(query):
-        raise InvalidRequestToken("the access token was sent in more than one place")
-    if header is None and route.allow_query_token:
-        return query_token(query, max_bytes=limits.max_token_bytes)
-    return header, query
-
-
 async def refuse_form_token(request: web.BaseRequest, body: BodyGuard) -> None:
     """A token in a form body too (RFC 6750 §2.2) is 400. Run after authentication: only a client with a valid
     token can make the gateway buffer a body (within the route's limit) to look."""
@@ -160,65 +85,31 @@ async def refuse_form_token(request: web.BaseRequest, body: BodyGuard) -> None:
         raise InvalidRequestToken("the access token was sent in more than one place")
 
 
-def _checked_in(runtime: Runtime, token: str | None, trace: Trace) -> tuple[CachingAuthenticator, str]:
-    """Who to ask about the token, and the token; 401 without one."""
-    if token is None:
-        raise Unauthenticated()
-    trace.token_hash = token_hash(token)
-    if runtime.authenticator is None:  # config validation makes this unreachable; fail closed anyway
-        raise IdPUnavailable()
-    return runtime.authenticator, token
-
-
-def preflight(route: Route | None, request: web.BaseRequest) -> web.Response | None:
-    """The answer to a genuine CORS preflight on a route that opted in; None for every other request."""
-    if route is None or route.cors is None:
-        return None
-    headers = route.cors.preflight(
-        request.headers["Origin"],
-        request.headers["Access-Control-Request-Method"],
-        request.headers.get("Access-Control-Request-Headers", ""),
-    )
-    if headers is None:
-        raise PreflightRejected()
-    return web.Response(status=204, headers=headers)
-
-
-def is_preflight(request: web.BaseRequest) -> bool:
-    return (
-        request.method == "OPTIONS"
-        and "Origin" in request.headers
-        and ("Access-Control-Request-Method" in request.headers)
-    )
-
-
 def echo_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
     """Before the headers go out, for streamed answers and error answers alike: our X-Request-Id, and the CORS
     origin of a route that allows it."""
     if REQUEST_ID in request:
         response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
-    if CORS_HEADERS in request:
+    cors = request.get(CORS_HEADERS)
+    if cors is not None:
         # The route's CORS settings are the gateway's to apply: every Access-Control-* of the upstream's goes, or
         # its own Allow-Origin / Allow-Credentials would let origins the route does not allow read the answer.
         headers = response.headers
         for name in [name for name in headers if name.lower().startswith("access-control-")]:
             headers.popall(name, None)
-        for name, value in request[CORS_HEADERS]:
+        for name, value in cors:
             headers.add(name, value)
 
 
-def _client_request_id(request: web.BaseRequest) -> str | None:
+def client_request_id(request: web.BaseRequest) -> str | None:
     sent = request.headers.getall(REQUEST_ID_HEADER, [])
     return sent[0] if len(sent) == 1 else None
 
 
 async def handle(runtime: Runtime, request: web.BaseRequest) -> web.StreamResponse:
     started = time.perf_counter()
-    trace = Trace(request_id(_client_request_id(request)))
+    trace = Trace(request_id(client_request_id(request)))
     request[REQUEST_ID] = trace.request_id  # echoed to the client by echo_headers()
-    route: Route | None = None
-    principal: Principal | None = None
-    path = "-"
     config = runtime.config
     if "Upgrade" in request.headers and request.protocol is not None:
         # Upgrades (WebSocket, h2c) are not proxied: `Upgrade` is dropped as hop-by-hop and the request is served
@@ -226,61 +117,38 @@ async def handle(runtime: Runtime, request: web.BaseRequest) -> web.StreamRespon
         # rather than leave it idle (whatever the client sent after the head is never read as a request).
         request.protocol.close()
     runtime.metrics.request_started()
-    try:
-        if is_preflight(request):
-            # Matched as the method it asks about: a preflight is a question about that request.
-            path, _, route = route_for(runtime, request.headers["Access-Control-Request-Method"], request.raw_path)
-            answer = preflight(route, request)
-            if answer is not None:
-                _record(runtime, request, path, route, None, answer.status, "preflight", "ok", started, trace)
-                return answer
-        path, query, route = route_for(runtime, request.method, request.raw_path)
-        host = request.headers.get("Host")
-        if host is not None and not valid_host(host):
-            # It reaches the upstream as X-Forwarded-Host, where links and redirects are built from it.
-            raise BadRequest("the Host header is not a valid host[:port]")
-        if route is None:
-            raise NotFound()
-        if route.cors is not None:  # also on 401/403, so the browser lets the page read why
-            request[CORS_HEADERS] = route.cors.answer_headers(request.headers.get("Origin"))
+    body: BodyGuard | None = None
+
+    def guard(route: Route) -> None:
+        nonlocal body
         body = guard_body(config.limits, route, request)
-        # Who the client is (the peer, or what trusted proxies say): for the upstream, and for its token budget.
-        forwarded = forwarded_for(request.remote or "", request.scheme, host, request.headers, config.trusted_proxies)
-        client = forwarded.client_ip
-        identity: Mapping[str, str] = _NO_IDENTITY
-        token: str | None = None
-        relay_authorization = route.pass_authorization
-        if route.policy.access is Access.PUBLIC:
-            # Nobody checked them here: an upstream that trusts the gateway must not be handed a forged JWT, and
-            # a query token must not land in its access log. The route may say otherwise.
-            relay_authorization = route.pass_authorization and route.forward_unchecked_credentials
-            if not route.forward_unchecked_credentials:
-                query = without_query_token(query)
-        else:
-            token, query = credentials(route, config.limits, request, query)
-            authenticator, token = _checked_in(runtime, token, trace)
-            principal = authenticator.cached(token)
-            if principal is None:
-                # Only a new IdP call counts against the client's budget; sharing one under way costs nothing.
-                admit = contextlib.nullcontext() if authenticator.pending(token) else runtime.budget.checking(client)
-                with admit:
-                    principal = await authenticator.authenticate(token)
-            lacking = missing_roles(route.policy, principal.roles)
-            if lacking is not None:
-                raise InsufficientScope(f"this route requires the role {lacking}", required=lacking)
-            # Only for a caller already allowed in: nobody else can make the gateway read a body.
-            if body is not None:
-                await refuse_form_token(request, body)
-            identity = _identity(principal)
+
+    host = request.headers.get("Host")
+    # Who the client is (the peer, or what trusted proxies say): for the upstream, and for its token budget.
+    forwarded = forwarded_for(request.remote or "", request.scheme, host, request.headers, config.trusted_proxies)
+    try:
+        try:
+            inbound = Inbound(request.method, request.raw_path, request.headers, host, forwarded.client_ip)
+            decision = await runtime.decider.decide(inbound, trace, before_auth=guard)
+        finally:
+            if trace.cors_headers is not None:
+                request[CORS_HEADERS] = trace.cors_headers
+        if decision.preflight is not None:
+            record(runtime, request.method, trace, 204, "preflight", "ok", started)
+            return web.Response(status=204, headers=decision.preflight)
+        # Only for a caller already allowed in: nobody else can make the gateway read a body.
+        if body is not None and decision.principal is not None:
+            await refuse_form_token(request, body)
+        route = decision.route
         upstream = config.upstreams[route.upstream]
         headers = upstream_request_headers(
             request.headers,
-            identity=identity,
+            identity=decision.identity,
             forwarded=forwarded,
-            pass_authorization=relay_authorization,
+            pass_authorization=route.pass_authorization and decision.relay_authorization,
         )
-        if token is not None and route.pass_authorization:
-            headers["Authorization"] = f"Bearer {token}"  # the token we checked, whichever way it came
+        if decision.token is not None and route.pass_authorization:
+            headers["Authorization"] = f"Bearer {decision.token}"  # the token we checked, whichever way it came
         headers[REQUEST_ID_HEADER] = trace.request_id
         forwarding = time.perf_counter()
         try:
@@ -288,7 +156,7 @@ async def handle(runtime: Runtime, request: web.BaseRequest) -> web.StreamRespon
                 request,
                 runtime.upstream_client,
                 upstream,
-                upstream_target(path, query),
+                upstream_target(decision.path, decision.query),
                 headers,
                 runtime.metrics,
                 body=body.chunks() if body is not None else None,
@@ -302,15 +170,15 @@ async def handle(runtime: Runtime, request: web.BaseRequest) -> web.StreamRespon
             # The whole exchange with the upstream: to the last byte relayed when the body is streamed.
             trace.upstream_seconds = time.perf_counter() - forwarding
     except GatewayError as exc:
-        decision = "deny" if exc.status < 499 else "error"  # 499: the client went away, nothing was decided
-        _record(runtime, request, path, route, principal, exc.status, decision, exc.reason, started, trace)
+        decision_label = "deny" if exc.status < 499 else "error"  # 499: the client went away, nothing was decided
+        record(runtime, request.method, trace, exc.status, decision_label, exc.reason, started)
         raise
     except asyncio.CancelledError:
         # The client went away, the upstream cut a streamed body, or the grace period ran out: still one line.
-        _record(runtime, request, path, route, principal, 499, "error", "aborted", started, trace)
+        record(runtime, request.method, trace, 499, "error", "aborted", started)
         raise
     else:
-        _record(runtime, request, path, route, principal, response.status, "allow", "ok", started, trace)
+        record(runtime, request.method, trace, response.status, "allow", "ok", started)
         return response
     finally:
         runtime.metrics.request_ended()
@@ -320,40 +188,27 @@ def _milliseconds(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
-@functools.lru_cache(maxsize=4096)
-def _identity(principal: Principal) -> Mapping[str, str]:
-    """The identity headers of a principal, built once per cached principal; read-only, as it is shared."""
-    return MappingProxyType(
-        identity_headers(
-            subject=principal.subject,
-            username=principal.username,
-            roles=principal.roles,
-            client_id=principal.client_id,
-            org_id=principal.org_id,
-        )
-    )
-
-
-def _record(
+def record(
     runtime: Runtime,
-    request: web.BaseRequest,
-    path: str,
-    route: Route | None,
-    principal: Principal | None,
+    method: str,
+    trace: Trace,
     status: int,
     decision: str,
     reason: str,
     started: float,
-    trace: Trace,
+    mode: str = "proxy",
 ) -> None:
     """The one decision log line (JSON or text, per `logging.format`) and the request metrics. Never the token."""
     elapsed = time.perf_counter() - started
+    route = trace.route
+    principal = trace.principal
     route_label = route.id if route else "-"
     runtime.metrics.request_done(route_label, decision, status, elapsed)
     fields = {
         "request_id": trace.request_id,
-        "method": request.method,
-        "path": path,
+        "mode": mode,
+        "method": method,
+        "path": trace.path,
         "route": route_label,
         "decision": decision,
         "reason": reason,
@@ -364,4 +219,4 @@ def _record(
         "total_ms": _milliseconds(elapsed),
     }
     if access_log.isEnabledFor(logging.INFO):
-        log_access(access_log, _ACCESS_MESSAGE, (request.method, path, status, decision), fields)
+        log_access(access_log, _ACCESS_MESSAGE, (method, trace.path, status, decision), fields)

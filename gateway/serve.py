@@ -16,7 +16,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from .admin import build_admin_app
-from .app import RELOADER, GatewayRunner, build_app
+from .app import RELOADER, GatewayRunner, build_app, forward_auth_runner
 from .config import Config
 from .listener import CappedSite
 from .logs import FIELDS, configure_logging, effective_config, flush_logs
@@ -40,6 +40,7 @@ async def serve(config: Config, source: ConfigSource, *, worker: int | None = No
     app = build_app(config, source=source, on_reload=_apply_logging)
     proxy = GatewayRunner(app, handle_signals=False, shutdown_timeout=config.shutdown_grace)
     admin = web.AppRunner(build_admin_app(app, stop.is_set), access_log=None, handle_signals=False)
+    decisions: web.ServerRunner | None = None
     handled: list[signal.Signals] = []
     try:
         await proxy.setup()
@@ -48,6 +49,12 @@ async def serve(config: Config, source: ConfigSource, *, worker: int | None = No
             proxy, config.listen.host, config.listen.port, config.limits, reuse_port=reuse_port or None
         ).start()
         await web.TCPSite(admin, config.admin.host, admin_port).start()
+        if config.forward_auth is not None:
+            decisions = forward_auth_runner(app, config.shutdown_grace)
+            await decisions.setup()
+            fa = config.forward_auth
+            await CappedSite(decisions, fa.host, fa.port, config.limits, reuse_port=reuse_port or None).start()
+            log.info("forward-auth on http://%s:%d (original request from %s)", fa.host, fa.port, fa.original)
         for sig in _STOP_SIGNALS:
             loop.add_signal_handler(sig, _stopper(stop, sig))
             handled.append(sig)
@@ -68,6 +75,8 @@ async def serve(config: Config, source: ConfigSource, *, worker: int | None = No
             loop.remove_signal_handler(sig)
         # A runner's cleanup stops the site, waits for the handlers up to shutdown_timeout, then runs the
         # app's cleanup (which closes the sessions): exactly the drain we want.
+        if decisions is not None:
+            await decisions.cleanup()
         await proxy.cleanup()
         await admin.cleanup()
     log.info("stopped")

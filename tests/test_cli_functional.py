@@ -25,7 +25,11 @@ CONFIG = str(ROOT / "config.yaml")
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ZITADEL_", "CLIENT_", "GATEWAY_", "UPSTREAM_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("ZITADEL_", "CLIENT_", "GATEWAY_", "UPSTREAM_", "FORWARD_AUTH_"))
+    }
     env.update(extra)
     return env
 
@@ -62,9 +66,10 @@ def _running(args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[
 
 
 @asynccontextmanager
-async def _stack() -> AsyncIterator[tuple[int, subprocess.Popen[bytes]]]:
+async def _stack(**extra: str) -> AsyncIterator[tuple[int, subprocess.Popen[bytes]]]:
     idp_port, backend_port, gateway_port = free_port(), free_port(), free_port()
     env = _env(
+        **extra,
         ZITADEL_DOMAIN=f"http://127.0.0.1:{idp_port}",
         ZITADEL_CLIENT_ID=DEMO_CLIENT_ID,
         ZITADEL_CLIENT_SECRET=DEMO_CLIENT_SECRET,
@@ -104,6 +109,20 @@ async def test_gateway_subprocess_runs_the_seed_walkthrough_with_repository_conf
                     assert await resp.read() == body
         proc.send_signal(signal.SIGINT)
         assert await asyncio.to_thread(proc.wait, 10) == 0
+
+
+async def test_the_repository_config_turns_forward_auth_on_with_forward_auth_port() -> None:
+    decisions = free_port()
+    async with _stack(FORWARD_AUTH_PORT=str(decisions)) as (_, proc), aiohttp.ClientSession() as http:
+        await _wait_port(decisions, proc)
+        asked = {"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/api/private-scoped"}
+        async with http.get(f"http://127.0.0.1:{decisions}/", headers=asked) as resp:
+            assert resp.status == 401
+        pat = {"authorization": "Bearer demo-reader-token", **asked}
+        async with http.get(f"http://127.0.0.1:{decisions}/", headers=pat) as resp:
+            assert resp.status == 200
+            assert resp.headers["X-Auth-Roles"] == "read:messages"
+            assert await resp.read() == b""
 
 
 def test_check_prints_the_route_table() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.pipeline import RouteMemo
+from gateway.decision import RouteMemo
 from gateway.rules import Access, PathError, PathPattern, Policy, Route, canonical_path, match_route
 
 ROUTES = (

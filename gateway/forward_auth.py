@@ -1,0 +1,121 @@
+"""The forward-auth listener: an ingress asks "may this pass, and who is it?", and the decision core answers.
+
+nginx `auth_request`, Traefik `forwardAuth`, Caddy `forward_auth` and Envoy's ext_authz HTTP service each send the
+gateway a request that describes the client's; nothing is forwarded from here. Where the original request is read
+from is configuration (`forward_auth.original`), never a guess from what arrived: a client that gets a header
+through the proxy must not choose which request is authorised.
+
+The ingress forwards the target as the client sent it, and the gateway cannot change that. So the target must
+already be canonical: the path authorised and the path forwarded are then the same string.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from .config import Config, ForwardAuth
+from .decision import Decision, Inbound, Trace
+from .errors import BadRequest, GatewayError, answer_for
+from .headers import IDENTITY_HEADERS, IDENTITY_PREFIX, forwarded_for, normalised_name
+from .logs import request_id
+from .pipeline import REQUEST_ID_HEADER, Runtime, client_request_id, record
+from .rules import valid_method
+
+METHOD_HEADER = "X-Forwarded-Method"
+URI_HEADER = "X-Forwarded-Uri"
+HOST_HEADER = "X-Forwarded-Host"
+_NO_STORE = "no-store"
+
+
+def _one(request: web.BaseRequest, name: str) -> str:
+    values = request.headers.getall(name, [])
+    if len(values) != 1:
+        raise BadRequest(f"forward-auth needs exactly one {name} header")
+    return values[0]
+
+
+def original_request(config: Config, request: web.BaseRequest) -> Inbound:
+    """The request to decide on, from where the config says it is. The client (for its token-check budget) is the
+    ingress itself unless the ingress is in `trusted_proxies` and says who it forwards for."""
+    settings = config.forward_auth or ForwardAuth()
+    host = request.headers.get("Host")
+    client = forwarded_for(request.remote or "", request.scheme, host, request.headers, config.trusted_proxies)
+    if settings.original == "request":
+        # Envoy ext_authz (HTTP service): the client's method, path and Host, on the request itself.
+        return Inbound(request.method, request.raw_path, request.headers, host, client.client_ip)
+    method = _one(request, METHOD_HEADER)
+    target = _one(request, URI_HEADER)
+    hosts = request.headers.getall(HOST_HEADER, [])
+    if len(hosts) > 1:
+        raise BadRequest(f"forward-auth takes at most one {HOST_HEADER} header")
+    if not valid_method(method) or method == "CONNECT":
+        raise BadRequest(f"{METHOD_HEADER} is not a method this gateway forwards")
+    return Inbound(method, target, request.headers, hosts[0] if hosts else host, client.client_ip)
+
+
+def _refuse_forged_identity(request: web.BaseRequest) -> None:
+    """An identity header spelled with `_` cannot be overwritten by the ingress (Caddy, Traefik and Envoy pass such
+    names through; WSGI and CGI backends read `X_Auth_Subject` as `X-Auth-Subject`). No client has a reason to
+    send one, so the request is refused. Names spelled with `-` are overwritten by every recipe."""
+    for name in request.headers:
+        if "_" in name and normalised_name(name).startswith(IDENTITY_PREFIX):
+            raise BadRequest("the request carries an identity header the gateway sets itself")
+
+
+def allow_headers(runtime: Runtime, decision: Decision) -> CIMultiDict[str]:
+    """Every identity header name, empty where the principal has no value: an ingress copies each name it is told
+    to, and an empty value replaces (nginx: removes) whatever the client sent under that name."""
+    headers: CIMultiDict[str] = CIMultiDict((name, decision.identity.get(name, "")) for name in IDENTITY_HEADERS)
+    seconds = _keep_for(runtime, decision)
+    if seconds > 0:
+        # nginx's cache honours X-Accel-Expires (Cache-Control `private` alone would stop it); a shared cache that
+        # follows the standard may not store a private answer.
+        headers["Cache-Control"] = f"private, max-age={seconds}"
+        headers["X-Accel-Expires"] = str(seconds)
+    else:
+        headers["Cache-Control"] = _NO_STORE
+        headers["X-Accel-Expires"] = "0"
+    return headers
+
+
+def _keep_for(runtime: Runtime, decision: Decision) -> int:
+    """How long an ingress may keep this allow: never longer than the gateway itself keeps the token's answer (so a
+    revoked token stops working within the same bound) nor past the token's `exp`. 0 for public routes (a reload
+    then applies to them at once) and when nothing is cached."""
+    if decision.token is None or runtime.authenticator is None:
+        return 0
+    return max(0, math.floor(runtime.authenticator.remaining(decision.token)))
+
+
+async def handle_forward_auth(runtime: Runtime, request: web.BaseRequest) -> web.StreamResponse:
+    started = time.perf_counter()
+    trace = Trace(request_id(client_request_id(request)))
+    method = request.method
+    runtime.metrics.request_started()
+    try:
+        inbound = original_request(runtime.config, request)
+        method = inbound.method
+        _refuse_forged_identity(request)
+        decision = await runtime.decider.decide(inbound, trace, exact=True)
+    except asyncio.CancelledError:
+        record(runtime, method, trace, 499, "error", "aborted", started, mode="forward_auth")
+        raise
+    except GatewayError as exc:
+        record(runtime, method, trace, exc.status, "deny", exc.reason, started, mode="forward_auth")
+        response = answer_for(request, exc)
+        for name, value in trace.cors_headers or ():
+            response.headers.add(name, value)
+    else:
+        # A CORS preflight the route allows is allowed through: the ingress forwards it and the backend answers it.
+        label = "preflight" if decision.preflight is not None else "allow"
+        record(runtime, method, trace, 200, label, "ok", started, mode="forward_auth")
+        response = web.Response(status=200, headers=allow_headers(runtime, decision))
+    finally:
+        runtime.metrics.request_ended()
+    response.headers[REQUEST_ID_HEADER] = trace.request_id
+    return response
