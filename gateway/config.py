@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from dotenv import dotenv_values
 
+from .config_idp import TOKEN_KEYS, TokenSettings, token_settings
 from .rules import Access, Cors, PathPattern, Policy, Route, valid_method
 
 T = TypeVar("T")
@@ -92,6 +93,7 @@ class IdPConfig:
     retry_on_connection_error: bool = True  # one quick retry when the connection fails (stale keep-alive)
     breaker_failures: int = 5  # consecutive failures that open the circuit breaker (0: never)
     breaker_cooldown: float = 5.0  # seconds of instant 503s before one probe call is let through
+    tokens: TokenSettings = field(default_factory=TokenSettings)  # token modes, JWT audience, JWKS, claims
 
     @property
     def host_header(self) -> str | None:
@@ -370,6 +372,7 @@ _IDP = frozenset(
         "breaker_failures",
         "breaker_cooldown_seconds",
     }
+    | TOKEN_KEYS
 )
 _CACHE = frozenset({"backend", "ttl_seconds", "negative_ttl_seconds", "max_entries", "url", "redis_timeout_seconds"})
 _UPSTREAM = frozenset({"url", "connect_timeout_seconds", "read_timeout_seconds"})
@@ -473,8 +476,10 @@ def _idp(c: _Checker, node: Any, needed: bool) -> IdPConfig | None:
         c.fail("idp", "ZITADEL_CLIENT_SECRET (or ZITADEL_KEY_FILE) is not set in the environment or the .env file")
     if client_key is not None and client_id != client_key.client_id:
         c.fail("idp", "ZITADEL_CLIENT_ID differs from the clientId in ZITADEL_KEY_FILE")
+    project_id = c.string(m, "project_id", "idp")
     return IdPConfig(
         issuer=issuer or "",
+        tokens=token_settings(c, m, project_id),
         client_id=client_id,
         client_secret=secret,
         client_key=client_key,
@@ -484,7 +489,7 @@ def _idp(c: _Checker, node: Any, needed: bool) -> IdPConfig | None:
         breaker_cooldown=c.number(m, "breaker_cooldown_seconds", "idp", 5.0),
         introspection_endpoint=c.url(c.string(m, "introspection_endpoint", "idp"), "idp.introspection_endpoint"),
         connect_url=c.url(c.string(m, "connect_url", "idp"), "idp.connect_url"),
-        project_id=c.string(m, "project_id", "idp"),
+        project_id=project_id,
         clock_leeway=c.number(m, "clock_leeway_seconds", "idp", 30.0),
         timeout=c.number(m, "timeout_seconds", "idp", 5.0, minimum=0.1),
         discovery_attempts=c.integer(m, "discovery_attempts", "idp", 5, 1, 100),

@@ -17,6 +17,7 @@ from aiohttp import HttpVersion, web
 
 from .body import BodyGuard
 from .cache import CachingAuthenticator
+from .claims import Principal
 from .config import Config, Limits
 from .credentials import bearer_token, form_has_token, query_has_token, query_token
 from .errors import (
@@ -32,7 +33,7 @@ from .errors import (
     Unauthenticated,
 )
 from .headers import forwarded_for, identity_headers, upstream_request_headers, valid_host
-from .introspection import Introspector, Principal
+from .introspection import Introspector
 from .logs import log_access, request_id, token_hash
 from .metrics import Metrics
 from .proxy import forward, upstream_target
@@ -336,7 +337,9 @@ def _record(
         "decision": decision,
         "reason": reason,
         "status": status,
-        "subject": principal.subject if principal else "-",
+        "subject": (principal.subject or "-") if principal else "-",
+        "principal": principal.kind if principal else "-",  # `client`: no `sub`, the client is the principal
+        "client_id": (principal.client_id or "-") if principal else "-",
         "token": trace.token_hash,
         "upstream_ms": _milliseconds(trace.upstream_seconds),
         "total_ms": _milliseconds(elapsed),

@@ -295,6 +295,11 @@ def resolve_route(routes: Sequence[Route], method: str, path: str) -> Route | No
     return route
 
 
+def roles_in_org(grants: frozenset[tuple[str, str]], org: str) -> frozenset[str]:
+    """The roles of (role, organisation id) grants that are granted in organisation `org`."""
+    return frozenset(role for role, where in grants if where == org)
+
+
 def missing_roles(policy: Policy, roles: frozenset[str]) -> str | None:
     """None when `roles` satisfy the policy, else a short description of what is missing."""
     if policy.access is not Access.ROLES:
