@@ -10,7 +10,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .rules import Access, PathError, PathPattern, Route, canonical_path, missing_roles, resolve_route, split_target
+from .rules import (
+    Access,
+    PathError,
+    PathPattern,
+    Route,
+    canonical_path,
+    missing_roles,
+    resolve_route,
+    roles_in_org,
+    split_target,
+)
 
 STAR = "*"
 _ANY_SEGMENT = "x"  # a witness for `*`: any non-empty segment will do
@@ -147,8 +157,15 @@ class Explanation:
         return "allow" if self.status == 200 else f"{self.status} {self.reason}"
 
 
-def explain(routes: Sequence[Route], method: str, target: str, roles: frozenset[str] | None) -> Explanation:
-    """`roles` None is a request without a token; a set is a valid token carrying those roles."""
+def explain(
+    routes: Sequence[Route],
+    method: str,
+    target: str,
+    roles: frozenset[str] | None,
+    grants: frozenset[tuple[str, str]] = frozenset(),
+) -> Explanation:
+    """`roles` None is a request without a token; a set is a valid token carrying those roles. `grants` are
+    (role, organisation id) pairs: where roles are held, for routes whose roles count in one organisation only."""
     raw_path = target.partition("?")[0]
     try:
         path = canonical_path(split_target(target)[0])  # as the pipeline splits: a fragment is 400 there too
@@ -165,9 +182,11 @@ def explain(routes: Sequence[Route], method: str, target: str, roles: frozenset[
         return Explanation(method, raw_path, path, index, route, 200, "public")
     if roles is None:
         return Explanation(method, raw_path, path, index, route, 401, "no token")
-    lacking = missing_roles(route.policy, roles)
+    org = route.org_of(path)  # as the pipeline does
+    lacking = missing_roles(route.policy, roles if org is None else roles_in_org(grants, org))
     if lacking is not None:
-        return Explanation(method, raw_path, path, index, route, 403, f"missing role {lacking}")
+        where = "" if org is None else f" in organisation {org}"
+        return Explanation(method, raw_path, path, index, route, 403, f"missing role {lacking}{where}")
     return Explanation(method, raw_path, path, index, route, 200, route.policy.describe())
 
 

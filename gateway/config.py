@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from dotenv import dotenv_values
 
 from .config_idp import TOKEN_KEYS, TokenSettings, token_settings
-from .rules import Access, Cors, PathPattern, Policy, Route, valid_method
+from .rules import Access, Cors, PathPattern, Policy, Route, org_scope_problem, valid_method
 
 T = TypeVar("T")
 
@@ -405,7 +405,7 @@ _LIMITS = frozenset(
     }
 )
 _MAX_BYTES = 1 << 40
-_ROLES = frozenset({"any_of", "all_of"})
+_ROLES = frozenset({"any_of", "all_of", "in_org"})
 _SECRET_KEYS = frozenset({"client_secret", "secret", "client_id"})
 
 
@@ -631,7 +631,8 @@ def _policy(c: _Checker, m: dict[str, Any], path: str) -> Policy:
         all_of = c.string_list(roles, "all_of", _join(path, "roles")) or []
         if not any_of and not all_of and not c.failed_under(_join(path, "roles")):
             c.fail(_join(path, "roles"), "needs a non-empty any_of or all_of")
-        return Policy(Access.ROLES, frozenset(any_of), frozenset(all_of))
+        in_org = c.string(roles, "in_org", _join(path, "roles"))
+        return Policy(Access.ROLES, frozenset(any_of), frozenset(all_of), in_org)
     if policy in ("public", "authenticated"):
         return Policy(Access(policy))
     if policy is None:
@@ -677,11 +678,15 @@ def _routes(c: _Checker, node: Any, upstreams: Mapping[str, Upstream]) -> list[R
             )
         elif upstream not in upstreams and upstreams:
             c.fail(_join(path, "upstream"), f"no upstream named {upstream!r}")
+        policy = _policy(c, m, path)
+        scope_problem = org_scope_problem(pattern, policy.in_org) if policy.in_org is not None else None
+        if scope_problem is not None and not c.failed_under(_join(path, "path")):
+            c.fail(_join(path, "roles.in_org"), scope_problem)
         routes.append(
             Route(
                 id=c.string(m, "id", path) or source,
                 pattern=pattern,
-                policy=_policy(c, m, path),
+                policy=policy,
                 upstream=upstream or "",
                 methods=methods,
                 pass_authorization=c.boolean(m, "pass_authorization", path, True),

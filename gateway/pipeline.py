@@ -242,9 +242,11 @@ async def handle(runtime: Runtime, request: web.BaseRequest) -> web.StreamRespon
             token, query = credentials(route, config.limits, request, query)
             authenticator, token = _checked_in(runtime, token, trace)
             principal = authenticator.cached(token) or await authenticator.authenticate(token)
-            lacking = missing_roles(route.policy, principal.roles)
+            org = route.org_of(path)  # roles per organisation: only those granted in the one the path names
+            lacking = missing_roles(route.policy, principal.roles_in(org))
             if lacking is not None:
-                raise InsufficientScope(f"this route requires the role {lacking}", required=lacking)
+                where = " in this organisation" if org is not None else ""  # never the ones the token has
+                raise InsufficientScope(f"this route requires the role {lacking}{where}", required=lacking)
             # Only for a caller already allowed in: nobody else can make the gateway read a body.
             if body is not None:
                 await refuse_form_token(request, body)
