@@ -388,6 +388,7 @@ _ROUTE = frozenset(
         "max_body_bytes",
         "allow_query_token",
         "cors",
+        "introspect",
     }
 )
 _CORS = frozenset({"allowed_origins", "allowed_methods", "allowed_headers", "max_age_seconds"})
@@ -695,9 +696,17 @@ def _routes(c: _Checker, node: Any, upstreams: Mapping[str, Upstream]) -> list[R
                 ),
                 allow_query_token=c.boolean(m, "allow_query_token", path, False),
                 cors=_cors(c, m.get("cors"), _join(path, "cors"), methods),
+                introspect_always=_introspect(c, m, path),
             )
         )
     return routes
+
+
+def _introspect(c: _Checker, m: dict[str, Any], path: str) -> bool:
+    value = c.string(m, "introspect", path)
+    if value not in (None, "always"):
+        c.fail(_join(path, "introspect"), f"expected always, got {value!r}")
+    return value == "always"
 
 
 def parse_config(document: Any, *, source: str, env: Mapping[str, str]) -> Config:

@@ -34,6 +34,7 @@ from .errors import (
 )
 from .headers import forwarded_for, identity_headers, upstream_request_headers, valid_host
 from .introspection import Introspector
+from .jwt_tokens import TokenDispatch
 from .logs import log_access, request_id, token_hash
 from .metrics import Metrics
 from .proxy import forward, upstream_target
@@ -93,6 +94,7 @@ class Runtime:
     upstream_client: UpstreamClient
     metrics: Metrics
     introspector: Introspector | None = None  # for readiness: has the IdP's discovery document been fetched?
+    dispatch: TokenDispatch | None = None  # idp.access_tokens jwt/auto: which check answers for a token
     routing: RouteMemo = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -155,11 +157,13 @@ async def refuse_form_token(request: web.BaseRequest, body: BodyGuard) -> None:
         raise InvalidRequestToken("the access token was sent in more than one place")
 
 
-def _checked_in(runtime: Runtime, token: str | None, trace: Trace) -> tuple[CachingAuthenticator, str]:
+def _checked_in(runtime: Runtime, route: Route, token: str | None, trace: Trace) -> tuple[CachingAuthenticator, str]:
     """Who to ask about the token, and the token; 401 without one."""
     if token is None:
         raise Unauthenticated()
     trace.token_hash = token_hash(token)
+    if runtime.dispatch is not None:
+        return runtime.dispatch.pick(token, route.introspect_always), token
     if runtime.authenticator is None:  # config validation makes this unreachable; fail closed anyway
         raise IdPUnavailable()
     return runtime.authenticator, token
@@ -240,7 +244,7 @@ async def handle(runtime: Runtime, request: web.BaseRequest) -> web.StreamRespon
         token: str | None = None
         if route.policy.access is not Access.PUBLIC:
             token, query = credentials(route, config.limits, request, query)
-            authenticator, token = _checked_in(runtime, token, trace)
+            authenticator, token = _checked_in(runtime, route, token, trace)
             principal = authenticator.cached(token) or await authenticator.authenticate(token)
             org = route.org_of(path)  # roles per organisation: only those granted in the one the path names
             lacking = missing_roles(route.policy, principal.roles_in(org))

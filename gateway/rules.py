@@ -286,6 +286,7 @@ class Route:
     max_body_bytes: int | None = None  # None: the global limit
     allow_query_token: bool = False  # RFC 6750 §2.3 `access_token` in the query, for clients that cannot set headers
     cors: Cors | None = None
+    introspect_always: bool = False  # `introspect: always`: never verified locally, so a revocation counts at once
 
     def matches(self, method: str, path: str, *, fold: bool = False) -> bool:
         if self.methods is not None and method not in self.methods:

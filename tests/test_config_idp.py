@@ -55,3 +55,24 @@ def test_an_unknown_mode_is_refused() -> None:
     assert problems(idp(access_tokens="both")) == [
         "c.yaml: idp.access_tokens: expected one of introspect, jwt, auto, got 'both'"
     ]
+
+
+def test_a_route_may_always_introspect() -> None:
+    routes = [{"path": "/money", "policy": "authenticated", "introspect": "always"}, {"path": "/x", "policy": "public"}]
+    config = parse_config(doc(routes=routes), source="c.yaml", env=ENV)
+    assert [r.introspect_always for r in config.routes] == [True, False]
+    bad = [{"path": "/money", "policy": "authenticated", "introspect": "sometimes"}]
+    assert problems(doc(routes=bad)) == ["c.yaml: routes[0].introspect: expected always, got 'sometimes'"]
+
+
+def test_jwks_settings() -> None:
+    config = parse_config(
+        idp(access_tokens="auto", project_id="42", jwks_uri="https://keys.example/jwks/", jwks_refresh_seconds=30),
+        source="c.yaml",
+        env=ENV,
+    )
+    assert config.idp is not None
+    assert (config.idp.tokens.jwks_uri, config.idp.tokens.jwks_refresh_seconds) == ("https://keys.example/jwks", 30.0)
+    assert problems(idp(jwks_refresh_seconds=-1)) == [
+        "c.yaml: idp.jwks_refresh_seconds: expected a number >= 0, got -1"
+    ]
