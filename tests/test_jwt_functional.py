@@ -19,9 +19,10 @@ from cryptography.hazmat.primitives import serialization
 from multidict import CIMultiDict
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
+from gateway.admin import readiness
 from gateway.app import RUNTIME, build_app
 from gateway.config import parse_config
-from gateway.jwks import MIN_MAX_AGE, max_age
+from gateway.jwks import MIN_MAX_AGE, Jwks, max_age
 from gateway.testing import GatewayTestServer
 
 from .signing_idp import PROJECT_ID, ROLES_CLAIM, SigningIdP, new_key
@@ -224,6 +225,37 @@ async def test_an_unreachable_jwks_is_503_then_recovers(make_jwt_gateway: Factor
     assert (status, body["error"]) == (503, "idp_unavailable")
     signing.down = False
     assert (await call(gateway, token))[0] == 200
+
+
+async def test_not_ready_until_the_signing_keys_are_fetched(make_jwt_gateway: Factory, signing: SigningIdP) -> None:
+    signing.down = True
+    endpoint = signing.issuer + "/oauth/v2/introspect"  # no discovery needed for introspection
+    gateway = await make_jwt_gateway(jwks_refresh_seconds=0, introspection_endpoint=endpoint)
+    assert readiness(gateway.app, stopping=False) == (False, "signing keys pending")
+    signing.down = False
+    assert (await call(gateway, signing.sign()))[0] == 200
+    assert readiness(gateway.app, stopping=False) == (True, "ready")
+
+
+async def test_the_key_set_is_fetched_again_after_its_max_age(
+    signing: SigningIdP, upstream_url: str, aiohttp_client: AiohttpClient
+) -> None:
+    signing.cache_control = "public, max-age=120"
+    document = gateway_document(issuer=signing.issuer, upstream_url=upstream_url, access_tokens="jwt", project_id="42")
+    idp = parse_config(document, source="t.yaml", env=ENV).idp
+    assert idp is not None
+    now = [1000.0]
+    async with aiohttp.ClientSession() as session:
+        jwks = Jwks(idp, session, monotonic=lambda: now[0])
+        assert await jwks.refresh()
+        kid = signing.keys[0].kid
+        await jwks.key(kid, "RS256")
+        now[0] += 119
+        await jwks.key(kid, "RS256")
+        assert signing.key_fetches == 1  # within max-age
+        now[0] += 2
+        await jwks.key(kid, "RS256")
+        assert signing.key_fetches == 2  # past it: fetched again when a key was next needed
 
 
 async def test_a_verified_token_is_cached_until_exp(make_jwt_gateway: Factory, signing: SigningIdP) -> None:
