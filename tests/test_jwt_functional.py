@@ -14,15 +14,17 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives import serialization
 from multidict import CIMultiDict
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from gateway.admin import readiness
-from gateway.app import RUNTIME, build_app
+from gateway.app import RELOADER, RUNTIME, build_app
 from gateway.config import parse_config
 from gateway.jwks import MIN_MAX_AGE, Jwks, max_age
+from gateway.reload import ConfigSource
 from gateway.testing import GatewayTestServer
 
 from .signing_idp import PROJECT_ID, ROLES_CLAIM, SigningIdP, new_key
@@ -82,6 +84,7 @@ async def test_a_signed_jwt_needs_no_idp_call(
     make_jwt_gateway: Factory, signing: SigningIdP, upstream: RecordingUpstream
 ) -> None:
     gateway = await make_jwt_gateway()
+    assert signing.key_fetches == 1  # at start, before any token needed a key
     token = signing.sign(extra={ROLES_CLAIM: {"admin": {"7": "o.example"}}})
     for _ in range(3):
         assert (await call(gateway, token, "/api/admin"))[0] == 200
@@ -330,4 +333,31 @@ async def test_a_gateway_process_verifies_jwts_locally(tmp_path: Path, signing: 
         new = signing.rotate()
         assert await status(signing.sign(new, extra={ROLES_CLAIM: {"admin": {"7": "o"}}})) == 200  # refetched
     assert signing.introspections == 0
+    assert signing.key_fetches == 2
+
+
+async def test_a_reload_into_jwt_mode_fetches_the_keys_before_taking_traffic(
+    tmp_path: Path, signing: SigningIdP, upstream_url: str, aiohttp_client: AiohttpClient
+) -> None:
+    path = tmp_path / "gateway.yaml"
+    (tmp_path / ".env").write_text("".join(f"{k}={v}\n" for k, v in ENV.items()))
+
+    def write(**idp: Any) -> None:
+        document = gateway_document(issuer=signing.issuer, upstream_url=upstream_url, routes=ROUTES, **idp)
+        document["reload"] = {"watch": False}
+        path.write_text(yaml.safe_dump(document))
+
+    write()
+    source = ConfigSource(path)
+    gateway: Client = await aiohttp_client(GatewayTestServer(build_app(source.load(), source=source)))
+    token = signing.sign()
+    assert gateway.app[RUNTIME].current.dispatch is None
+    assert signing.key_fetches == 0
+    write(access_tokens="jwt", project_id=PROJECT_ID, jwks_refresh_seconds=3600)
+    assert await gateway.app[RELOADER].reload()
+    assert signing.key_fetches == 1  # fetched by the reload itself, not by the request below
+    assert (await call(gateway, token))[0] == 200
+    assert signing.introspections == 0
+    write(access_tokens="jwt", project_id=PROJECT_ID, jwks_refresh_seconds=3600, timeout_seconds=3)
+    assert await gateway.app[RELOADER].reload()  # another idp section: another key set, fetched again
     assert signing.key_fetches == 2
