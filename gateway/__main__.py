@@ -37,7 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("method", help="the HTTP method, e.g. GET")
     exp.add_argument("path", help="the request path as a client would send it (a query string is ignored)")
     who = exp.add_mutually_exclusive_group()
-    who.add_argument("--roles", default="", help="a valid token carrying these roles, comma-separated")
+    who.add_argument(
+        "--roles",
+        default="",
+        help="a valid token carrying these roles, comma-separated; role@ORGID: the role is held in that organisation",
+    )
     who.add_argument("--anonymous", action="store_true", help="a request without a token")
     return parser
 
@@ -63,9 +67,12 @@ def _check(config: Config, strict: bool) -> int:
 
 
 def _explain(config: Config, args: argparse.Namespace) -> int:
-    roles = None if args.anonymous else frozenset(r.strip() for r in args.roles.split(",") if r.strip())
-    who = "no token" if roles is None else f"a valid token with roles: {', '.join(sorted(roles)) or '(none)'}"
-    result = explain(config.routes, args.method.upper(), args.path, roles)
+    given = [] if args.anonymous else [r.strip() for r in args.roles.split(",") if r.strip()]
+    # `admin@123`: the role admin, granted in organisation 123. A role without `@` is held in no organisation.
+    grants = frozenset((role, org) for role, _, org in (r.rpartition("@") for r in given) if role and org)
+    roles = None if args.anonymous else frozenset(r.rpartition("@")[0] or r for r in given)
+    who = "no token" if roles is None else f"a valid token with roles: {', '.join(sorted(set(given))) or '(none)'}"
+    result = explain(config.routes, args.method.upper(), args.path, roles, grants)
     base = config.upstreams[result.route.upstream].url if result.route is not None else None
     print("\n".join(explanation_lines(result, base, who)))
     return 0

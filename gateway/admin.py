@@ -25,6 +25,9 @@ def readiness(gateway: web.Application, stopping: bool) -> tuple[bool, str]:
     introspector = slot.current.introspector
     if introspector is not None and not introspector.ready:
         return False, "identity provider discovery pending"
+    dispatch = slot.current.dispatch
+    if dispatch is not None and not dispatch.jwks.ready:  # JWTs would get 503 until the keys are fetched
+        return False, "signing keys pending"
     return True, "ready"
 
 

@@ -13,10 +13,10 @@ from typing import Any, cast
 
 from multidict import CIMultiDict
 
+from .claims import Principal
 from .config import Limits
 from .decision import Decider, Decision, Inbound, Trace
-from .errors import GatewayError
-from .introspection import Principal
+from .errors import GatewayError, InsufficientScope
 from .rules import Access, PathError, PathPattern, Route, canonical_path, split_target
 
 STAR = "*"
@@ -158,14 +158,17 @@ class _Roles:
     """An authenticator that knows one answer: the roles `explain` was given. It never suspends, so the decision
     core's coroutine runs to its end without an event loop."""
 
-    def __init__(self, roles: frozenset[str]) -> None:
-        self._principal = Principal(subject="explain", roles=roles)
+    def __init__(self, roles: frozenset[str], grants: frozenset[tuple[str, str]]) -> None:
+        self._principal = Principal(subject="explain", roles=roles, grants=grants)
 
     def cached(self, token: str) -> Principal:
         return self._principal
 
     def pending(self, token: str) -> bool:
         return False
+
+    def remaining(self, token: str) -> float:
+        return 0.0
 
     async def authenticate(self, token: str) -> Principal:
         return self._principal
@@ -180,14 +183,21 @@ def _settle(decision: Coroutine[Any, Any, Decision]) -> Decision:
     raise RuntimeError("the decision waited for I/O")  # only a real authenticator does
 
 
-def explain(routes: Sequence[Route], method: str, target: str, roles: frozenset[str] | None) -> Explanation:
+def explain(
+    routes: Sequence[Route],
+    method: str,
+    target: str,
+    roles: frozenset[str] | None,
+    grants: frozenset[tuple[str, str]] = frozenset(),
+) -> Explanation:
     """What the decision core decides. `roles` None is a request without a token; a set is a valid token carrying
-    those roles."""
+    those roles. `grants` are (role, organisation id) pairs: where roles are held, for routes whose roles count in
+    one organisation only."""
     raw_path = target.partition("?")[0]
     headers: CIMultiDict[str] = CIMultiDict()
     if roles is not None:
         headers["Authorization"] = "Bearer explain"
-    decider = Decider(tuple(routes), Limits(), _Roles(roles or frozenset()))
+    decider = Decider(tuple(routes), Limits(), _Roles(roles or frozenset(), grants))
     trace = Trace("explain")
     try:
         decision = _settle(decider.decide(Inbound(method, target, headers), trace))
@@ -197,7 +207,11 @@ def explain(routes: Sequence[Route], method: str, target: str, roles: frozenset[
         if isinstance(exc.__cause__, PathError):
             canonical = trace.path if trace.path != "-" else _canonical_or_none(target)
             return Explanation(method, raw_path, canonical, None, None, exc.status, f"bad path: {exc.__cause__}")
-        return Explanation(method, raw_path, trace.path, index, route, exc.status, exc.reason)
+        reason = exc.reason
+        org = route.org_of(trace.path) if route is not None else None
+        if isinstance(exc, InsufficientScope) and org is not None:
+            reason += f" in organisation {org}"
+        return Explanation(method, raw_path, trace.path, index, route, exc.status, reason)
     route = decision.route
     reason = "public" if route.policy.access is Access.PUBLIC else route.policy.describe()
     return Explanation(method, raw_path, decision.path, list(routes).index(route), route, 200, reason)

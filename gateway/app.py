@@ -42,6 +42,10 @@ INTROSPECTOR = web.AppKey("introspector", Introspector)  # the one built at star
 CACHE = web.AppKey("cache", CachingAuthenticator)  # likewise: the current one is RUNTIME.current.authenticator
 
 
+async def _fetched(refresh: Awaitable[bool]) -> None:
+    await refresh  # a failure is logged by the key set; the first token that needs a key tries again
+
+
 def _upstream_client() -> UpstreamClient:
     # Pooled keep-alive connections; bodies relayed as they come (no decompression); the client's headers only.
     return UpstreamClient(limit=1024, keepalive=30.0)
@@ -182,6 +186,8 @@ def build_app(
             # Serve at once (public routes need no IdP); protected routes answer 503 until discovery succeeds.
             if not runtime.introspector.ready:
                 background.append(asyncio.create_task(runtime.introspector.discover()))
+        if runtime.dispatch is not None:  # the signing keys, fetched at start so that a first JWT finds them
+            background.append(asyncio.create_task(_fetched(runtime.dispatch.jwks.refresh())))
         if source is not None:
             app[RELOADER] = reloader = Reloader(source, slot, pools, metrics, on_reload)
             background.append(asyncio.create_task(reloader.run()))

@@ -17,9 +17,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
+from .claims import Principal
 from .config import CacheConfig
 from .errors import InvalidToken
-from .introspection import Authenticator, Principal
+from .introspection import Authenticator
 from .metrics import Metrics
 
 # An IdP answer as the cache keeps it: a Principal, or the reason the token is inactive.

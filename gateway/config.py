@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from dotenv import dotenv_values
 
-from .rules import Access, Cors, PathPattern, Policy, Route, valid_method
+from .config_idp import TOKEN_KEYS, TokenSettings, token_settings
+from .rules import Access, Cors, PathPattern, Policy, Route, org_scope_problem, valid_method
 
 T = TypeVar("T")
 
@@ -108,6 +109,7 @@ class IdPConfig:
     retry_on_connection_error: bool = True  # one quick retry when the connection fails (stale keep-alive)
     breaker_failures: int = 5  # consecutive failures that open the circuit breaker (0: never)
     breaker_cooldown: float = 5.0  # seconds of instant 503s before one probe call is let through
+    tokens: TokenSettings = field(default_factory=TokenSettings)  # token modes, JWT audience, JWKS, claims
 
     @property
     def host_header(self) -> str | None:
@@ -391,6 +393,7 @@ _IDP = frozenset(
         "breaker_failures",
         "breaker_cooldown_seconds",
     }
+    | TOKEN_KEYS
 )
 _CACHE = frozenset({"backend", "ttl_seconds", "negative_ttl_seconds", "max_entries", "url", "redis_timeout_seconds"})
 _UPSTREAM = frozenset({"url", "connect_timeout_seconds", "read_timeout_seconds"})
@@ -407,6 +410,7 @@ _ROUTE = frozenset(
         "allow_query_token",
         "cors",
         "forward_unchecked_credentials",
+        "introspect",
     }
 )
 _CORS = frozenset(
@@ -427,7 +431,7 @@ _LIMITS = frozenset(
     }
 )
 _MAX_BYTES = 1 << 40
-_ROLES = frozenset({"any_of", "all_of"})
+_ROLES = frozenset({"any_of", "all_of", "in_org"})
 _SECRET_KEYS = frozenset({"client_secret", "secret", "client_id"})
 
 
@@ -516,8 +520,10 @@ def _idp(c: _Checker, node: Any, needed: bool) -> IdPConfig | None:
         c.fail("idp", "ZITADEL_CLIENT_SECRET (or ZITADEL_KEY_FILE) is not set in the environment or the .env file")
     if client_key is not None and client_id != client_key.client_id:
         c.fail("idp", "ZITADEL_CLIENT_ID differs from the clientId in ZITADEL_KEY_FILE")
+    project_id = c.string(m, "project_id", "idp")
     return IdPConfig(
         issuer=issuer or "",
+        tokens=token_settings(c, m, project_id),
         client_id=client_id,
         client_secret=secret,
         client_key=client_key,
@@ -528,7 +534,7 @@ def _idp(c: _Checker, node: Any, needed: bool) -> IdPConfig | None:
         breaker_cooldown=c.number(m, "breaker_cooldown_seconds", "idp", 5.0),
         introspection_endpoint=c.url(c.string(m, "introspection_endpoint", "idp"), "idp.introspection_endpoint"),
         connect_url=c.url(c.string(m, "connect_url", "idp"), "idp.connect_url"),
-        project_id=c.string(m, "project_id", "idp"),
+        project_id=project_id,
         clock_leeway=c.number(m, "clock_leeway_seconds", "idp", 30.0),
         timeout=c.number(m, "timeout_seconds", "idp", 5.0, minimum=0.1),
         discovery_attempts=c.integer(m, "discovery_attempts", "idp", 5, 1, 100),
@@ -677,7 +683,8 @@ def _policy(c: _Checker, m: dict[str, Any], path: str) -> Policy:
         all_of = c.string_list(roles, "all_of", _join(path, "roles")) or []
         if not any_of and not all_of and not c.failed_under(_join(path, "roles")):
             c.fail(_join(path, "roles"), "needs a non-empty any_of or all_of")
-        return Policy(Access.ROLES, frozenset(any_of), frozenset(all_of))
+        in_org = c.string(roles, "in_org", _join(path, "roles"))
+        return Policy(Access.ROLES, frozenset(any_of), frozenset(all_of), in_org)
     if policy in ("public", "authenticated"):
         return Policy(Access(policy))
     if policy is None:
@@ -728,6 +735,9 @@ def _routes(c: _Checker, node: Any, upstreams: Mapping[str, Upstream]) -> list[R
             )
         elif upstream not in upstreams and upstreams:
             c.fail(_join(path, "upstream"), f"no upstream named {upstream!r}")
+        scope_problem = org_scope_problem(pattern, policy.in_org) if policy.in_org is not None else None
+        if scope_problem is not None and not c.failed_under(_join(path, "path")):
+            c.fail(_join(path, "roles.in_org"), scope_problem)
         routes.append(
             Route(
                 id=c.string(m, "id", path) or source,
@@ -742,9 +752,17 @@ def _routes(c: _Checker, node: Any, upstreams: Mapping[str, Upstream]) -> list[R
                 allow_query_token=c.boolean(m, "allow_query_token", path, False),
                 cors=_cors(c, m.get("cors"), _join(path, "cors"), methods),
                 forward_unchecked_credentials=forward_unchecked,
+                introspect_always=_introspect(c, m, path),
             )
         )
     return routes
+
+
+def _introspect(c: _Checker, m: dict[str, Any], path: str) -> bool:
+    value = c.string(m, "introspect", path)
+    if value not in (None, "always"):
+        c.fail(_join(path, "introspect"), f"expected always, got {value!r}")
+    return value == "always"
 
 
 def parse_config(document: Any, *, source: str, env: Mapping[str, str]) -> Config:

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from multidict import CIMultiDictProxy, MultiMapping
 
+from .claims import Principal
 from .client_budget import ClientBudget
 from .config import Limits
 from .credentials import bearer_token, query_has_token, query_token, without_query_token
@@ -32,7 +33,6 @@ from .errors import (
     Unauthenticated,
 )
 from .headers import identity_headers, valid_host
-from .introspection import Principal
 from .logs import token_hash
 from .rules import Access, PathError, Route, canonical_path, missing_roles, resolve_route, split_target
 
@@ -47,7 +47,15 @@ class Authenticator(Protocol):
 
     def pending(self, token: str) -> bool: ...
 
+    def remaining(self, token: str) -> float: ...
+
     async def authenticate(self, token: str) -> Principal: ...
+
+
+class Picker(Protocol):
+    """Which check answers for a token on a route (`idp.access_tokens` jwt/auto; `introspect: always`)."""
+
+    def pick(self, token: str, introspect_always: bool) -> Authenticator: ...
 
 
 class RouteMemo:
@@ -134,6 +142,7 @@ class Decider:
     limits: Limits
     authenticator: Authenticator | None
     budget: ClientBudget = field(default_factory=lambda: ClientBudget(0))
+    dispatch: Picker | None = None
     routing: RouteMemo = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -193,20 +202,30 @@ class Decider:
         if token is None:
             raise Unauthenticated()
         trace.token_hash = token_hash(token)
-        authenticator = self.authenticator
-        if authenticator is None:  # config validation makes this unreachable; fail closed anyway
-            raise IdPUnavailable()
+        authenticator = self.authenticator_for(token, route)
         principal = authenticator.cached(token)
         if principal is None:
-            # Only a new IdP call counts against the client's budget; sharing one under way costs nothing.
-            admit = contextlib.nullcontext() if authenticator.pending(token) else self.budget.checking(inbound.client)
+            # Only a new IdP call counts against the client's budget; sharing one under way, or a JWT verified
+            # here, costs the IdP nothing.
+            asks_idp = authenticator is self.authenticator and not authenticator.pending(token)
+            admit = self.budget.checking(inbound.client) if asks_idp else contextlib.nullcontext()
             with admit:
                 principal = await authenticator.authenticate(token)
         trace.principal = principal
-        lacking = missing_roles(route.policy, principal.roles)
+        org = route.org_of(path)  # roles per organisation: only those granted in the one the path names
+        lacking = missing_roles(route.policy, principal.roles_in(org))
         if lacking is not None:
-            raise InsufficientScope(f"this route requires the role {lacking}", required=lacking)
+            where = " in this organisation" if org is not None else ""  # never the ones the token has
+            raise InsufficientScope(f"this route requires the role {lacking}{where}", required=lacking)
         return Decision(path, query, route, principal, token, identity=identity_of(principal))
+
+    def authenticator_for(self, token: str, route: Route) -> Authenticator:
+        """Who checks this token on this route: the JWT verifier or introspection (both behind a cache)."""
+        if self.dispatch is not None:
+            return self.dispatch.pick(token, route.introspect_always)
+        if self.authenticator is None:  # config validation makes this unreachable; fail closed anyway
+            raise IdPUnavailable()
+        return self.authenticator
 
     def credentials(self, route: Route, headers: Headers, query: str | None) -> tuple[str | None, str | None]:
         """(token or None, the query to forward). A token in two places is 400 invalid_request (RFC 6750 §2)."""

@@ -87,9 +87,10 @@ def _keep_for(runtime: Runtime, decision: Decision) -> int:
     """How long an ingress may keep this allow: never longer than the gateway itself keeps the token's answer (so a
     revoked token stops working within the same bound) nor past the token's `exp`. 0 for public routes (a reload
     then applies to them at once) and when nothing is cached."""
-    if decision.token is None or runtime.authenticator is None:
+    if decision.token is None:
         return 0
-    return max(0, math.floor(runtime.authenticator.remaining(decision.token)))
+    checked_by = runtime.decider.authenticator_for(decision.token, decision.route)
+    return max(0, math.floor(checked_by.remaining(decision.token)))
 
 
 async def handle_forward_auth(runtime: Runtime, request: web.BaseRequest) -> web.StreamResponse:

@@ -211,12 +211,12 @@ IDENTITY_HEADERS = ("X-Auth-Subject", "X-Auth-Username", "X-Auth-Roles", "X-Auth
 
 
 def identity_headers(
-    *, subject: str, username: str | None, roles: Iterable[str], client_id: str | None, org_id: str | None
+    *, subject: str | None, username: str | None, roles: Iterable[str], client_id: str | None, org_id: str | None
 ) -> dict[str, str]:
-    headers = {
-        "X-Auth-Subject": header_value(subject),
-        "X-Auth-Roles": ",".join(sorted(header_value(r) for r in roles)),
-    }
+    """No subject (a token without `sub`): no X-Auth-Subject, and X-Auth-Client-Id names the principal."""
+    headers = {"X-Auth-Roles": ",".join(sorted(header_value(r) for r in roles))}
+    if subject is not None:
+        headers["X-Auth-Subject"] = header_value(subject)
     if username:
         headers["X-Auth-Username"] = header_value(username)
     if client_id:

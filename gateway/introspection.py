@@ -11,13 +11,13 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Collection
 from typing import Any, Protocol
 
 import aiohttp
 
 from .breaker import CircuitBreaker
+from .claims import BadClaim, MissingClaim, Principal, number, principal_from_claims
 from .client_auth import ClientAuth, JwtProfile, SecretBasic, basic_authorization
 from .config import IdPConfig
 from .errors import IdPBusy, IdPUnavailable, InvalidToken
@@ -26,24 +26,6 @@ from .metrics import Metrics
 log = logging.getLogger("gateway.introspection")
 
 __all__ = ["Authenticator", "Introspector", "Principal", "basic_authorization", "parse_introspection"]
-
-ROLES_CLAIM = "urn:zitadel:iam:org:project:roles"
-ORG_ID_CLAIM = "urn:zitadel:iam:user:resourceowner:id"
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    subject: str
-    roles: frozenset[str]
-    username: str | None = None
-    client_id: str | None = None
-    org_id: str | None = None
-    scope: str = ""
-    expires_at: float | None = None
-
-
-class Authenticator(Protocol):
-    async def authenticate(self, token: str) -> Principal: ...
 
 
 class MalformedAnswer(IdPUnavailable):
@@ -60,63 +42,37 @@ class MalformedAnswer(IdPUnavailable):
         return self.detail
 
 
-def _number(body: Mapping[str, Any], claim: str) -> float | None:
-    value = body.get(claim)
-    if value is None:
-        return None
-    try:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise MalformedAnswer(f"introspection claim {claim!r} is not a number")
-        return float(value)
-    except OverflowError as exc:  # an integer too large for a float: no real timestamp
-        raise MalformedAnswer(f"introspection claim {claim!r} is out of range") from exc
+class Authenticator(Protocol):
+    async def authenticate(self, token: str) -> Principal: ...
 
 
-def _text(body: Mapping[str, Any], claim: str) -> str | None:
-    value = body.get(claim)
-    return value if isinstance(value, str) and value else None
-
-
-def _role_keys(claim: Any) -> set[str]:
-    # {"<roleKey>": {"<orgId>": "<orgDomain>"}}; absent means no roles. Anything else grants nothing.
-    return {key for key in claim if isinstance(key, str)} if isinstance(claim, dict) else set()
-
-
-def parse_introspection(body: Any, *, issuer: str, project_id: str | None, now: float, leeway: float) -> Principal:
+def parse_introspection(
+    body: Any, *, issuer: str, project_id: str | None, now: float, leeway: float, required: Collection[str] = ()
+) -> Principal:
     """Turn an introspection answer into a Principal, or raise InvalidToken / MalformedAnswer.
 
-    Checked in order: active, exp, nbf, iss. Roles never come from `scope`: for a PAT ZITADEL lists every role
-    of the project there, granted or not.
+    Checked in order: active, exp, nbf, iss, then the claims (principal_from_claims). Only `active` is required
+    (RFC 7662 §2.2); `required` names members the configuration requires as well.
     """
     if not isinstance(body, dict) or not isinstance(body.get("active"), bool):
         raise MalformedAnswer("introspection answer without a boolean 'active'")
     if not body["active"]:
         raise InvalidToken(reason="inactive")
-    exp = _number(body, "exp")
-    if exp is not None and exp + leeway <= now:
-        raise InvalidToken("the access token has expired", reason="expired")
-    nbf = _number(body, "nbf")
-    if nbf is not None and nbf - leeway > now:
-        raise InvalidToken("the access token is not valid yet", reason="not yet valid")
-    iss = body.get("iss")
-    if iss is not None and (not isinstance(iss, str) or iss.rstrip("/") != issuer.rstrip("/")):
-        raise InvalidToken(reason="issuer mismatch")
-    subject = _text(body, "sub")
-    if subject is None:
-        raise MalformedAnswer("active introspection answer without 'sub'")
-    roles = _role_keys(body.get(ROLES_CLAIM))
-    if project_id:
-        roles |= _role_keys(body.get(f"urn:zitadel:iam:org:project:{project_id}:roles"))
-    scope = body.get("scope")
-    return Principal(
-        subject=subject,
-        roles=frozenset(roles),
-        username=_text(body, "username") or _text(body, "preferred_username"),
-        client_id=_text(body, "client_id"),
-        org_id=_text(body, ORG_ID_CLAIM),
-        scope=scope if isinstance(scope, str) else "",
-        expires_at=exp,
-    )
+    try:
+        exp = number(body, "exp")
+        if exp is not None and exp + leeway <= now:
+            raise InvalidToken("the access token has expired", reason="expired")
+        nbf = number(body, "nbf")
+        if nbf is not None and nbf - leeway > now:
+            raise InvalidToken("the access token is not valid yet", reason="not yet valid")
+        iss = body.get("iss")
+        if iss is not None and (not isinstance(iss, str) or iss.rstrip("/") != issuer.rstrip("/")):
+            raise InvalidToken(reason="issuer mismatch")
+        return principal_from_claims(body, project_id=project_id, required=required)
+    except BadClaim as exc:
+        raise MalformedAnswer(f"introspection {exc}") from exc
+    except MissingClaim as exc:
+        raise InvalidToken(reason="missing required claim") from exc
 
 
 class ConnectionFailed(IdPUnavailable):
@@ -308,6 +264,7 @@ class Introspector:
                 project_id=self._config.project_id,
                 now=time.time(),
                 leeway=self._config.clock_leeway,
+                required=self._config.tokens.required_claims,
             )
         except MalformedAnswer as exc:
             log.warning("%s", exc)

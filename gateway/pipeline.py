@@ -22,6 +22,7 @@ from .decision import Decider, Inbound, Trace, upstream_target
 from .errors import BadRequest, ExpectationFailed, GatewayError, InvalidRequestToken, PayloadTooLarge
 from .headers import forwarded_for, upstream_request_headers
 from .introspection import Introspector
+from .jwt_tokens import TokenDispatch
 from .logs import log_access, request_id
 from .metrics import Metrics
 from .proxy import forward
@@ -51,12 +52,13 @@ class Runtime:
     upstream_client: UpstreamClient
     metrics: Metrics
     introspector: Introspector | None = None  # for readiness: has the IdP's discovery document been fetched?
+    dispatch: TokenDispatch | None = None  # idp.access_tokens jwt/auto: which check answers for a token
     decider: Decider = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         idp = self.config.idp
         budget = ClientBudget(idp.max_concurrent_calls_per_client if idp else 0)
-        decider = Decider(self.config.routes, self.config.limits, self.authenticator, budget)
+        decider = Decider(self.config.routes, self.config.limits, self.authenticator, budget, self.dispatch)
         object.__setattr__(self, "decider", decider)
 
 
@@ -213,7 +215,9 @@ def record(
         "decision": decision,
         "reason": reason,
         "status": status,
-        "subject": principal.subject if principal else "-",
+        "subject": (principal.subject or "-") if principal else "-",
+        "principal": principal.kind if principal else "-",  # `client`: no `sub`, the client is the principal
+        "client_id": (principal.client_id or "-") if principal else "-",
         "token": trace.token_hash,
         "upstream_ms": _milliseconds(trace.upstream_seconds),
         "total_ms": _milliseconds(elapsed),

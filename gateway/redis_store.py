@@ -20,14 +20,14 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from .cache import Answer, Clock
-from .introspection import Principal
+from .claims import Principal
 from .metrics import Metrics
 
 log = logging.getLogger("gateway.cache")
 
 KEY_PREFIX = b"gateway:introspection:"
 CLAIM_PREFIX = b"gateway:introspecting:"  # "a process is asking the IdP for this key right now"
-_FORMAT = 1
+_FORMAT = 2  # 2: `sub` may be null, and `grants` says in which organisation each role is held
 
 
 def dump_answer(answer: Answer) -> bytes:
@@ -43,6 +43,7 @@ def dump_answer(answer: Answer) -> bytes:
             "org_id": answer.org_id,
             "scope": answer.scope,
             "exp": answer.expires_at,
+            "grants": sorted(answer.grants),
         }
     return json.dumps(document, separators=(",", ":")).encode()
 
@@ -65,8 +66,13 @@ def load_answer(raw: bytes) -> Answer:
             raise ValueError("inactive without a reason")
         return reason
     subject, roles, scope, exp = document.get("sub"), document.get("roles"), document.get("scope"), document.get("exp")
-    if not isinstance(subject, str) or not subject:
-        raise ValueError("entry without a subject")
+    if subject is not None and (not isinstance(subject, str) or not subject):
+        raise ValueError("subject is not a non-empty string")
+    grants = document.get("grants")
+    if not isinstance(grants, list) or not all(
+        isinstance(g, list) and len(g) == 2 and all(isinstance(x, str) for x in g) for g in grants
+    ):
+        raise ValueError("grants is not a list of [role, organisation] pairs")
     if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
         raise ValueError("roles is not a list of strings")
     if not isinstance(scope, str):
@@ -81,6 +87,7 @@ def load_answer(raw: bytes) -> Answer:
         org_id=_optional_text(document, "org_id"),
         scope=scope,
         expires_at=float(exp) if exp is not None else None,
+        grants=frozenset((role, org) for role, org in grants),
     )
 
 

@@ -30,6 +30,7 @@ import aiohttp
 from .cache import CachingAuthenticator, SharedStore, cache_key_prefix
 from .config import Config, ConfigError, load_config, read_environment
 from .introspection import Introspector
+from .jwt_tokens import token_dispatch
 from .metrics import Metrics
 from .pipeline import Runtime
 from .upstream_client import UpstreamClient
@@ -95,6 +96,7 @@ def build_runtime(config: Config, sessions: Sessions, metrics: Metrics, previous
         upstream_client=sessions.upstream,
         metrics=metrics,
         introspector=introspector,
+        dispatch=token_dispatch(config, authenticator, sessions.idp, metrics, previous),
     )
 
 
@@ -147,6 +149,8 @@ class Reloader:
             if new.introspector is not None and new.introspector is not old.introspector:
                 # A new IdP: look up its endpoint before taking traffic; if that fails, requests retry it.
                 await new.introspector.discover(attempts=1)
+            if new.dispatch is not None and (old.dispatch is None or new.dispatch.jwks is not old.dispatch.jwks):
+                await new.dispatch.jwks.refresh()  # a new key set: fetched before it takes traffic, as discovery
             self._slot.current = new  # the one atomic step: new requests see the new config from here on
             self._metrics.reloads.labels("ok").inc()
             for section in ("listen", "admin", "shutdown_grace", "workers"):

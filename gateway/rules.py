@@ -32,6 +32,7 @@ _DOUBLE_ENCODED = re.compile(r"%25[0-9A-Fa-f]{2}")
 # Characters that change a path's structure if a server behind us applies Unicode compatibility normalisation
 # (NFKC turns U+FF0E into '.', U+FF0F into '/').
 _STRUCTURAL = frozenset("./\\;?#%:")
+_CAPTURE = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
 
 
 class PathError(ValueError):
@@ -141,12 +142,24 @@ class PathPattern:
     tail: bool
     folded: tuple[str, ...] = ()  # the segments in lower case, to detect case-variant requests
     cased: bool = False  # folded != segments
+    captures: tuple[tuple[str, int], ...] = ()  # `{name}` segments: (name, index); they match as `*` does
 
     @classmethod
     def compile(cls, source: str) -> PathPattern:
         if not source.startswith("/"):
             raise ValueError("must start with '/'")
         parts = source.split("/")[1:]
+        captures: list[tuple[str, int]] = []
+        for index, part in enumerate(parts):
+            if "{" in part or "}" in part:
+                if not _CAPTURE.fullmatch(part):
+                    raise ValueError(
+                        "'{name}' must be a whole segment, the name a letter or '_' then letters, digits, '_'"
+                    )
+                if any(name == part[1:-1] for name, _ in captures):
+                    raise ValueError(f"the segment {part} is named twice")
+                captures.append((part[1:-1], index))
+                parts[index] = "*"  # matched as `*`: route analysis and matching need not know about names
         if len(parts) > 1 and parts[-1] == "":  # `/a/` is written `/a`: a trailing slash never matters here
             parts = parts[:-1]
         tail = parts[-1] == "**"
@@ -167,7 +180,14 @@ class PathPattern:
             except PathError as exc:
                 raise ValueError(str(exc)) from exc
         folded = tuple(p.lower() for p in parts)
-        return cls(source, tuple(parts), tail, folded, folded != tuple(parts))
+        return cls(source, tuple(parts), tail, folded, folded != tuple(parts), tuple(captures))
+
+    def capture_index(self, reference: str) -> int | None:
+        """The index of the segment `{name}` names, or None (not of that form, or no such segment)."""
+        for name, index in self.captures:
+            if reference == "{" + name + "}":
+                return index
+        return None
 
     def matches(self, path: str, *, fold: bool = False) -> bool:
         """`path` is canonical. `/a/` matches as `/a` does, so a trailing slash cannot step around a rule.
@@ -211,6 +231,7 @@ class Policy:
     access: Access
     any_of: frozenset[str] = frozenset()
     all_of: frozenset[str] = frozenset()
+    in_org: str | None = None  # the roles must be granted in this organisation: an id, or `{name}` of a segment
 
     def describe(self) -> str:
         if self.access is not Access.ROLES:
@@ -220,7 +241,8 @@ class Policy:
             parts.append("all of " + ", ".join(sorted(self.all_of)))
         if self.any_of:
             parts.append("any of " + ", ".join(sorted(self.any_of)))
-        return "roles: " + "; ".join(parts)
+        where = f" in organisation {self.in_org}" if self.in_org is not None else ""
+        return "roles: " + "; ".join(parts) + where
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,11 +317,32 @@ class Route:
     cors: Cors | None = None
     # Public routes only: relay Authorization and `access_token` as sent, though the gateway checked neither.
     forward_unchecked_credentials: bool = False
+    introspect_always: bool = False  # `introspect: always`: never verified locally, so a revocation counts at once
 
     def matches(self, method: str, path: str, *, fold: bool = False) -> bool:
         if self.methods is not None and method not in self.methods:
             return False
         return self.pattern.matches(path, fold=fold)
+
+    def org_of(self, path: str) -> str | None:
+        """The organisation whose roles count on this (matched, canonical) path; None: roles of any organisation."""
+        org = self.policy.in_org
+        if org is None:
+            return None
+        index = self.pattern.capture_index(org)
+        # A reference to no segment is refused at load (org_scope_problem); were it not, it names no organisation.
+        return org if index is None else path_segments(path)[index]
+
+
+def org_scope_problem(pattern: PathPattern, in_org: str) -> str | None:
+    """Why `in_org` cannot scope a route with this path, or None. `check` and every load report it."""
+    if in_org.startswith("{") or in_org.endswith("}"):
+        if pattern.capture_index(in_org) is None:
+            return f"{in_org!r} names no segment of the path {pattern.source}"
+        return None
+    if not in_org.strip() or any(c in in_org for c in "{}/ "):
+        return f"{in_org!r} is neither an organisation id nor a '{{name}}' of a path segment"
+    return None
 
 
 def match_route(routes: Iterable[Route], method: str, path: str, *, fold: bool = False) -> Route | None:
@@ -324,6 +367,11 @@ def resolve_route(routes: Sequence[Route], method: str, path: str) -> Route | No
     if match_route(routes, method, lowered, fold=True) is not route:
         raise PathError("the letter case of the path makes the route ambiguous")
     return route
+
+
+def roles_in_org(grants: frozenset[tuple[str, str]], org: str) -> frozenset[str]:
+    """The roles of (role, organisation id) grants that are granted in organisation `org`."""
+    return frozenset(role for role, where in grants if where == org)
 
 
 def missing_roles(policy: Policy, roles: frozenset[str]) -> str | None:

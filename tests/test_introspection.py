@@ -69,6 +69,49 @@ def test_project_specific_roles_claim() -> None:
     assert parse(body, project_id="42").roles == frozenset({"a", "p"})
 
 
+MEMBERS = {
+    "sub": "u1",
+    "iss": ISSUER,
+    "exp": NOW + 60,
+    "client_id": "c1",
+    "username": "reader",
+    "scope": "openid",
+}
+
+
+@pytest.mark.parametrize("member", sorted(MEMBERS))
+def test_every_optional_member_may_be_absent(member: str) -> None:
+    # RFC 7662 §2.2: only `active` is required. Client-credentials tokens of many servers have no `sub`.
+    body = {"active": True, **{k: v for k, v in MEMBERS.items() if k != member}}
+    principal = parse(body)
+    assert principal.client_id == (None if member == "client_id" else "c1")
+    assert principal.subject == (None if member == "sub" else "u1")
+
+
+def test_no_member_but_active_is_needed() -> None:
+    principal = parse({"active": True})
+    assert (principal.subject, principal.client_id, principal.kind) == (None, None, "unnamed")
+
+
+def test_without_sub_the_client_is_the_principal() -> None:
+    principal = parse({"active": True, "client_id": "svc"})
+    assert (principal.subject, principal.client_id, principal.kind) == (None, "svc", "client")
+
+
+@pytest.mark.parametrize("member", sorted(MEMBERS))
+def test_the_config_may_require_an_optional_member(member: str) -> None:
+    body = {"active": True, **{k: v for k, v in MEMBERS.items() if k != member}}
+    with pytest.raises(InvalidToken) as info:
+        parse_introspection(body, issuer=ISSUER, project_id=None, now=NOW, leeway=10, required=(member,))
+    assert info.value.reason == "missing required claim"
+    assert parse_introspection(MEMBERS | {"active": True}, issuer=ISSUER, project_id=None, now=NOW, leeway=10)
+
+
+def test_an_iss_that_is_present_must_still_match() -> None:
+    with pytest.raises(InvalidToken):
+        parse({"active": True, "client_id": "c1", "iss": "https://other.example"})
+
+
 def test_preferred_username_fallback() -> None:
     assert parse(active(preferred_username="pref")).username == "pref"
 
@@ -115,8 +158,8 @@ def test_accepted_edges(body: dict[str, Any]) -> None:
         active(exp=True),
         active(nbf=float("nan")),
         active(exp=10**400),  # too large for a float
-        {"active": True},  # no sub
-        active(sub=""),
+        active(sub=""),  # present, so it must be a subject
+        active(sub=7),
     ],
 )
 def test_malformed_answers_are_idp_faults(body: Any) -> None:

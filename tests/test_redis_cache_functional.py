@@ -122,6 +122,7 @@ async def test_store_pauses_after_a_failure_instead_of_asking_every_request() ->
         "inactive",
         Principal(subject="s", roles=frozenset({"a", "b"}), username="u", client_id="c", org_id="o", scope="openid"),
         Principal(subject="s", roles=frozenset(), expires_at=1_800_000_000.0),
+        Principal(subject=None, roles=frozenset({"a"}), client_id="c", grants=frozenset({("a", "1"), ("a", "2")})),
     ],
 )
 def test_answers_round_trip_through_json(answer: Principal | str) -> None:
