@@ -385,6 +385,7 @@ _ROUTE = frozenset(
         "max_body_bytes",
         "allow_query_token",
         "cors",
+        "delete_body",
     }
 )
 _CORS = frozenset({"allowed_origins", "allowed_methods", "allowed_headers", "max_age_seconds"})
@@ -636,6 +637,13 @@ def _policy(c: _Checker, m: dict[str, Any], path: str) -> Policy:
     return Policy(Access.AUTHENTICATED)
 
 
+def _delete_body(c: _Checker, m: dict[str, Any], path: str, methods: frozenset[str] | None) -> bool:
+    allowed = c.boolean(m, "delete_body", path, False)
+    if allowed and methods is not None and "DELETE" not in methods:
+        c.fail(_join(path, "delete_body"), "the route's methods do not include DELETE")
+    return allowed
+
+
 def _routes(c: _Checker, node: Any, upstreams: Mapping[str, Upstream]) -> list[Route]:
     if not isinstance(node, list) or not node:
         c.fail("routes", "expected a non-empty list of routes")
@@ -685,6 +693,7 @@ def _routes(c: _Checker, node: Any, upstreams: Mapping[str, Upstream]) -> list[R
                 ),
                 allow_query_token=c.boolean(m, "allow_query_token", path, False),
                 cors=_cors(c, m.get("cors"), _join(path, "cors"), methods),
+                delete_body=_delete_body(c, m, path, methods),
             )
         )
     return routes

@@ -264,11 +264,23 @@ class Route:
     max_body_bytes: int | None = None  # None: the global limit
     allow_query_token: bool = False  # RFC 6750 §2.3 `access_token` in the query, for clients that cannot set headers
     cors: Cors | None = None
+    delete_body: bool = False  # a DELETE may carry a body (some APIs take one); refused by default
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "methods", implied_methods(self.methods))
 
     def matches(self, method: str, path: str, *, fold: bool = False) -> bool:
         if self.methods is not None and method not in self.methods:
             return False
         return self.pattern.matches(path, fold=fold)
+
+
+def implied_methods(methods: frozenset[str] | None) -> frozenset[str] | None:
+    """A rule that lists GET covers HEAD too (as nginx's `limit_except GET` does): frameworks answer HEAD by running
+    the GET handler, so a HEAD that fell through to another rule would run it for a caller the GET rule refuses."""
+    if methods is not None and "GET" in methods and "HEAD" not in methods:
+        return methods | {"HEAD"}
+    return methods
 
 
 def match_route(routes: Iterable[Route], method: str, path: str, *, fold: bool = False) -> Route | None:
