@@ -15,6 +15,7 @@ from aiohttp import http_parser, web
 from .cache import CachingAuthenticator
 from .config import Config, Limits
 from .errors import BadRequest, answer_for, error_response
+from .http_server import GatewayServer
 from .introspection import Introspector
 from .metrics import Metrics
 from .pipeline import Runtime, echo_headers, handle
@@ -131,7 +132,7 @@ class GatewayRunner(web.BaseRunner):
         self.app.freeze()
         listener = self.app[LISTENER]
         # The gateway's own settings win over the runner's, as web.Application's handler_args do.
-        return web.Server(listener.handler, **{**self._kwargs, **listener.server_args})
+        return GatewayServer(listener.handler, **{**self._kwargs, **listener.server_args})
 
     async def _cleanup_server(self) -> None:
         await self.app.cleanup()

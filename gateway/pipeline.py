@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from aiohttp import HttpVersion, web
+from aiohttp import web
 
 from .body import BodyGuard
 from .cache import CachingAuthenticator
@@ -31,11 +31,13 @@ from .errors import (
     PreflightRejected,
     Unauthenticated,
 )
-from .headers import forwarded_for, identity_headers, upstream_request_headers, valid_host
+from .headers import forwarded_for, identity_headers, upstream_request_headers
 from .introspection import Introspector, Principal
 from .logs import log_access, request_id, token_hash
+from .method_override import body_scanner, query_overrides_method
 from .metrics import Metrics
 from .proxy import forward, upstream_target
+from .request_shape import HTTP_11, refuse_body, refuse_malformed
 from .rules import Access, PathError, Route, canonical_path, missing_roles, resolve_route, split_target
 from .upstream_client import UpstreamClient
 
@@ -47,14 +49,16 @@ _NO_IDENTITY: Mapping[str, str] = MappingProxyType({})
 class RouteMemo:
     """(method, raw path) -> (canonical path, route), remembered: both are pure functions of one config.
 
-    Bounded (cleared when full; long paths are never kept), so random paths cannot grow memory. Refused paths
-    (PathError) are not remembered: they raise every time.
+    Bounded (cleared when full; long paths and long methods are never kept), so random paths cannot grow memory:
+    a preflight's Access-Control-Request-Method is a method key too, and any client can make it 16 KB. Refused
+    paths (PathError) are not remembered: they raise every time.
     """
 
     __slots__ = ("_memo", "_routes")
 
     MAX_ENTRIES = 4096
     MAX_PATH = 256
+    MAX_METHOD = 32  # the longest registered method (UPDATEREDIRECTREF) has 17 letters
 
     def __init__(self, routes: tuple[Route, ...]) -> None:
         self._routes = routes
@@ -67,7 +71,7 @@ class RouteMemo:
             return hit
         path = canonical_path(raw_path)
         resolved = (path, resolve_route(self._routes, method, path))
-        if len(raw_path) <= self.MAX_PATH:
+        if len(raw_path) <= self.MAX_PATH and len(method) <= self.MAX_METHOD:
             if len(self._memo) >= self.MAX_ENTRIES:
                 self._memo.clear()
             self._memo[key] = resolved
@@ -79,8 +83,6 @@ CORS_ORIGIN = web.RequestKey("cors_origin", str)  # an allowed Origin, echoed on
 REQUEST_ID_HEADER = "X-Request-Id"
 
 _FORM = "application/x-www-form-urlencoded"
-_NO_BODY_METHODS = frozenset({"GET", "HEAD"})
-_HTTP_11 = HttpVersion(1, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,19 +122,23 @@ def route_for(runtime: Runtime, method: str, raw_target: str) -> tuple[str, str 
 def guard_body(limits: Limits, route: Route, request: web.BaseRequest) -> BodyGuard | None:
     expect = request.headers.get("Expect")
     send_continue = None
-    if expect is not None and request.version == _HTTP_11:  # HTTP/1.0 has no expectations (RFC 9110 §10.1.1)
+    if expect is not None and request.version == HTTP_11:  # HTTP/1.0 has no expectations (RFC 9110 §10.1.1)
         if expect.lower() != "100-continue":
             raise ExpectationFailed()
         send_continue = request.writer
     if not request.body_exists:
         return None
-    # An upstream that ignores the body of a GET would read it as a second, unchecked request.
-    if request.method in _NO_BODY_METHODS:
-        raise BadRequest(f"a {request.method} request cannot carry a body")
+    refuse_body(route, request.method)
     limit = route.max_body_bytes if route.max_body_bytes is not None else limits.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge()
-    return BodyGuard(request.content, limit=limit, timeout=limits.body_timeout, send_continue=send_continue)
+    return BodyGuard(
+        request.content,
+        limit=limit,
+        timeout=limits.body_timeout,
+        send_continue=send_continue,
+        scanner=body_scanner(request.content_type),
+    )
 
 
 def credentials(
@@ -217,6 +223,7 @@ async def handle(runtime: Runtime, request: web.BaseRequest) -> web.StreamRespon
         request.protocol.close()
     runtime.metrics.request_started()
     try:
+        refuse_malformed(request)
         if is_preflight(request):
             # Matched as the method it asks about: a preflight is a question about that request.
             path, _, route = route_for(runtime, request.headers["Access-Control-Request-Method"], request.raw_path)
@@ -225,10 +232,9 @@ async def handle(runtime: Runtime, request: web.BaseRequest) -> web.StreamRespon
                 _record(runtime, request, path, route, None, answer.status, "preflight", "ok", started, trace)
                 return answer
         path, query, route = route_for(runtime, request.method, request.raw_path)
+        if query_overrides_method(query):
+            raise BadRequest("a method override in the query string")
         host = request.headers.get("Host")
-        if host is not None and not valid_host(host):
-            # It reaches the upstream as X-Forwarded-Host, where links and redirects are built from it.
-            raise BadRequest("the Host header is not a valid host[:port]")
         if route is None:
             raise NotFound()
         origin = request.headers.get("Origin")
