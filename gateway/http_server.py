@@ -19,7 +19,7 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
-from .errors import BadRequest, error_response
+from .errors import BadRequest, GatewayError, error_response
 from .logs import log_access
 from .request_shape import HTTP_10, HTTP_11, UNSUPPORTED_VERSION
 
@@ -39,13 +39,28 @@ class QuietRequestHandler(RequestHandler):
     ) -> web.StreamResponse:
         if not isinstance(exc, HttpProcessingError):
             return super().handle_error(request, status, exc, message)  # not a parse error: aiohttp's own way
+        refusal = refusal_for(exc)
         # The exception's text quotes the request; only its class name is logged.
-        fields = {"decision": "deny", "reason": "malformed request", "status": 400, "error": type(exc).__name__}
+        fields = {
+            "decision": "deny",
+            "reason": "malformed request",
+            "status": refusal.status,
+            "error": type(exc).__name__,
+        }
         if access_log.isEnabledFor(logging.INFO):
-            log_access(access_log, "malformed request %d %s", (400, "deny"), fields)
-        response = error_response(_MALFORMED)
+            log_access(access_log, "malformed request %d %s", (refusal.status, "deny"), fields)
+        response = error_response(refusal)
         response.force_close()
         return response
+
+
+def refusal_for(exc: HttpProcessingError) -> GatewayError:
+    """400, or the parser's own 4xx (a 431 for an oversized head, say), with a description that quotes nothing."""
+    if exc.code == 400 or not 400 <= exc.code < 500:
+        return _MALFORMED
+    refusal = BadRequest(_MALFORMED.description)
+    refusal.status = exc.code
+    return refusal
 
 
 class GatewayServer(web.Server):

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
+from gateway.http_server import refusal_for
 from tests.conftest import GatewayFactory
 from tests.secret_witness import Witness, attach
 from tests.support import ENV, FakeIdP, gateway_document, gateway_process
@@ -96,3 +98,11 @@ async def test_the_gateway_process_logs_no_token_for_malformed_requests(
 
 def _log(directory: Path, port: int) -> list[str]:
     return (directory / f"gateway-{port}.log").read_text(encoding="utf-8", errors="replace").splitlines()
+
+
+def test_a_parse_error_with_its_own_4xx_keeps_it_and_quotes_nothing() -> None:
+    assert refusal_for(LineTooLong(f"Bearer {TOKEN}", "8190")).status == 400
+    own = BadHttpMessage(f"Bearer {TOKEN}")
+    own.code = 431
+    refusal = refusal_for(own)
+    assert refusal.status == 431 and TOKEN not in refusal.description
