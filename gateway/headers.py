@@ -136,6 +136,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_](?:[A-Za-z0-9\-._]*[A-Za-z0-9_])?\.?)(?::[0-9]{1,5})?")
 
 
+@functools.lru_cache(maxsize=1024)  # a pure function of the text; a client sends the same Host on every request
 def valid_host(value: str) -> bool:
     """A Host (or X-Forwarded-Host) an upstream can safely build URLs from: no '/', '@', spaces or the like."""
     return bool(_HOST.fullmatch(value))

@@ -21,7 +21,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from .errors import BadRequest, GatewayError, error_response
 from .logs import log_access
-from .request_shape import HTTP_10, HTTP_11, UNSUPPORTED_VERSION
+from .request_shape import HTTP_10, HTTP_11, UNSUPPORTED_VERSION, UnsupportedVersionRequest
 
 access_log = logging.getLogger("gateway.access")
 _MALFORMED = BadRequest("the request could not be parsed")
@@ -81,8 +81,7 @@ class GatewayServer(web.Server):
         if version == HTTP_11 or version == HTTP_10:
             return super()._make_request(message, payload, protocol, writer, task)
         # The answer's status line takes the request's version: make it HTTP/1.1, and close after it.
-        request = super()._make_request(
-            message._replace(version=HTTP_11, should_close=True), payload, protocol, writer, task
-        )
+        message = message._replace(version=HTTP_11, should_close=True)
+        request = UnsupportedVersionRequest(message, payload, protocol, writer, task, self._loop)
         request[UNSUPPORTED_VERSION] = f"{version.major}.{version.minor}"
         return request

@@ -22,6 +22,8 @@ def query_overrides_method(query: str | None) -> bool:
     """Whether a query string carries a method-override parameter (with a value or without)."""
     if not query:
         return False
+    if "%" not in query and "method" not in query.lower():
+        return False  # every override name holds "method"; only an escape could hide it
     return any(method_override_name(unquote_plus(field.partition("=")[0])) for field in query.split("&"))
 
 

@@ -14,13 +14,18 @@ from .errors import BadRequest, GatewayError, NotImplementedCoding, VersionNotSu
 from .headers import valid_host
 from .rules import Route
 
-UNSUPPORTED_VERSION = web.RequestKey("unsupported_version", str)  # set by gateway/http_server.py
+UNSUPPORTED_VERSION = web.RequestKey("unsupported_version", str)  # "major.minor" as sent (0.9: none at all)
 HTTP_10 = HttpVersion(1, 0)
 HTTP_11 = HttpVersion(1, 1)
 
 # RFC 9110 §9.3: these have no defined meaning for a body (TRACE must not have one, §9.3.8). An upstream that does
 # not expect one may read it as the next request on a kept-alive connection: a second, unchecked request.
 NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+
+class UnsupportedVersionRequest(web.BaseRequest):
+    """A request whose version is not HTTP/1.x, made by gateway/http_server.py: its own type, so that the check
+    for it costs one type comparison on every other request (looking up a key it lacks would raise and catch)."""
 
 
 def refuse_malformed(request: web.BaseRequest) -> None:
@@ -34,23 +39,24 @@ def refuse_malformed(request: web.BaseRequest) -> None:
 
 
 def _check(request: web.BaseRequest) -> None:
-    version = request.get(UNSUPPORTED_VERSION)
-    if version is not None:
-        if version.startswith("0."):  # a request line without a version reads as HTTP/0.9
+    if type(request) is UnsupportedVersionRequest:  # not isinstance(): an ABC check on every request
+        if request[UNSUPPORTED_VERSION].startswith("0."):  # a request line without a version reads as HTTP/0.9
             raise BadRequest("the request line has no HTTP/1.0 or HTTP/1.1 version")
         raise VersionNotSupported()
-    codings = request.headers.getall("Transfer-Encoding", [])
-    if codings:
+    headers = request.headers
+    if "Transfer-Encoding" in headers:
+        codings = headers.getall("Transfer-Encoding")
         if request.version == HTTP_10:
             # RFC 9112 §6.1: HTTP/1.0 has no transfer codings; such framing is faulty.
             raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
         if [c.strip().lower() for v in codings for c in v.split(",")] != ["chunked"]:
             # RFC 9112 §6.1: 501 for a coding the server does not understand; the only one relayed is `chunked`.
             raise NotImplementedCoding()
-    hosts = request.headers.getall("Host", [])
-    if not hosts and request.version == HTTP_11:
-        raise BadRequest("an HTTP/1.1 request without Host")  # RFC 9112 §3.2
-    if hosts and not valid_host(hosts[0]):
+    host = headers.get("Host")  # llhttp refuses a second Host
+    if host is None:
+        if request.version == HTTP_11:
+            raise BadRequest("an HTTP/1.1 request without Host")  # RFC 9112 §3.2
+    elif not valid_host(host):
         # It reaches the upstream as X-Forwarded-Host, where links and redirects are built from it.
         raise BadRequest("the Host header is not a valid host[:port]")
 
