@@ -3,15 +3,24 @@ upstream, where Rails, Laravel and Symfony would dispatch it as a DELETE around 
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient, AiohttpServer
 
+from gateway.app import build_app
+from gateway.config import parse_config
 from gateway.method_override import FormScanner, query_overrides_method
+from gateway.testing import GatewayTestServer
 from tests.conftest import GatewayFactory
-from tests.support import RecordingUpstream
+from tests.support import ENV, FakeIdP, RecordingUpstream, gateway_document
 
-from .raw import request, send
+from .raw import WAIT, request, send
 
-ROUTES = [
+ROUTES: list[dict[str, Any]] = [
     {"path": "/items", "methods": ["DELETE"], "roles": {"any_of": ["admin"]}},
     {"path": "/items", "methods": ["POST"], "policy": "public"},
     {"path": "/api/items", "methods": ["POST"], "policy": "authenticated"},
@@ -103,6 +112,50 @@ async def test_other_bodies_pass_byte_for_byte(
     )
     assert answer.status == 200
     assert upstream.last.body == body and upstream.last.method == "POST"
+
+
+async def test_an_anonymous_form_streams_through_and_is_cut_at_the_override(
+    idp: FakeIdP, aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient
+) -> None:
+    """Scanned as it streams, never held: the upstream has the form's first part before the client sends the rest.
+    A gateway that buffered the form would never reach `first_part` (the bounded wait below would fail)."""
+    first_part, finished = asyncio.Event(), asyncio.Event()
+    received = bytearray()
+
+    async def upstream(request: web.Request) -> web.Response:
+        received.extend(await request.content.readany())
+        first_part.set()
+        try:
+            while chunk := await request.content.readany():
+                received.extend(chunk)
+        finally:
+            finished.set()
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", upstream)
+    server = await aiohttp_server(app)
+    document = gateway_document(issuer=idp.issuer, upstream_url=str(server.make_url("")).rstrip("/"), routes=ROUTES)
+    gw: TestClient[Any, Any] = await aiohttp_client(
+        GatewayTestServer(build_app(parse_config(document, source="t.yaml", env=ENV)))
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    try:
+        rest = b"&_method=DELETE"
+        writer.write(
+            request("/items", FORM, f"Content-Length: {50 + len(rest)}", method="POST", body=b"a=" + b"x" * 48)
+        )
+        await writer.drain()
+        await asyncio.wait_for(first_part.wait(), WAIT)
+        writer.write(rest)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), WAIT)
+        assert answer.startswith(b"HTTP/1.1 400 ")
+        await asyncio.wait_for(finished.wait(), WAIT)
+        assert bytes(received) == b"a=" + b"x" * 48  # the override's piece never left the gateway
+    finally:
+        writer.close()
+        await writer.wait_closed()
 
 
 def test_a_form_field_split_across_chunks_is_seen() -> None:
