@@ -18,6 +18,24 @@ UNSUPPORTED_VERSION = web.RequestKey("unsupported_version", str)  # "major.minor
 HTTP_10 = HttpVersion(1, 0)
 HTTP_11 = HttpVersion(1, 1)
 
+# llhttp takes these methods only on an `RTSP/1.x` request line, and then reports the version as 1.x: whatever
+# carries one is RTSP, not HTTP. (An RTSP line with GET, POST or OPTIONS cannot be told from HTTP/1.x here.)
+RTSP_ONLY_METHODS = frozenset(
+    {
+        "DESCRIBE",
+        "ANNOUNCE",
+        "SETUP",
+        "PLAY",
+        "PAUSE",
+        "TEARDOWN",
+        "GET_PARAMETER",
+        "SET_PARAMETER",
+        "REDIRECT",
+        "RECORD",
+        "FLUSH",
+    }
+)
+
 # RFC 9110 §9.3: these have no defined meaning for a body (TRACE must not have one, §9.3.8). An upstream that does
 # not expect one may read it as the next request on a kept-alive connection: a second, unchecked request.
 NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
@@ -43,6 +61,8 @@ def _check(request: web.BaseRequest) -> None:
         if request[UNSUPPORTED_VERSION].startswith("0."):  # a request line without a version reads as HTTP/0.9
             raise BadRequest("the request line has no HTTP/1.0 or HTTP/1.1 version")
         raise VersionNotSupported()
+    if request.method in RTSP_ONLY_METHODS:
+        raise BadRequest("an RTSP request line")
     headers = request.headers
     if "Transfer-Encoding" in headers:
         codings = headers.getall("Transfer-Encoding")

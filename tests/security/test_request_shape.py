@@ -25,6 +25,9 @@ ROUTES = [
         ("GET /open/x HTTP/0.9", 400),
         ("GET /open/x HTTP/2.0", 505),
         ("GET /open/x HTTP/3.0", 400),  # refused by llhttp itself
+        ("DESCRIBE /open/x RTSP/1.0", 400),  # llhttp reports 1.0; the method can only be RTSP's
+        ("SET_PARAMETER /open/x RTSP/1.0", 400),
+        ("PLAY /open/x RTSP/2.0", 505),
     ],
 )
 async def test_only_http_10_and_11_are_served(
