@@ -91,6 +91,6 @@ def body_scanner(content_type: str) -> Scanner | None:
         return FormScanner()
     if content_type == "multipart/form-data":
         return PatternScanner(_MULTIPART)
-    if content_type == "application/json" or content_type.endswith("+json"):
+    if "/json" in content_type or "+json" in content_type:  # what Laravel's isJson() takes for JSON
         return PatternScanner(_JSON)
     return None

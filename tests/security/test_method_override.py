@@ -69,6 +69,9 @@ JSON = "Content-Type: application/json"
         (FORM, b"a=" + b"x" * 200_000 + b"&_method=DELETE"),  # past the first chunks
         (MULTIPART, b'--XX\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--XX--\r\n'),
         (JSON, b'{"title": "x", "_method": "DELETE"}'),
+        ("Content-Type: text/json", b'{"_METHOD" : "DELETE"}'),
+        ("Content-Type: application/vnd.api+json; charset=utf-8", b'{"x-http-method-override": "DELETE"}'),
+        ("Content-Type: Application/X-WWW-Form-Urlencoded; Charset=UTF-8", b"_method=DELETE"),
     ],
 )
 async def test_a_method_override_in_the_body_is_refused_and_never_relayed_whole(
