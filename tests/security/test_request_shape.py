@@ -139,3 +139,13 @@ async def test_error_answers_carry_nosniff(make_gateway: GatewayFactory) -> None
         answer = await send(gw.port, request(target))
         assert answer.status >= 400
         assert b"\r\nX-Content-Type-Options: nosniff\r\n" in answer.raw
+
+
+@pytest.mark.parametrize("method", ["FOO", "GETX", "CONNECTX"])
+async def test_a_method_llhttp_does_not_know_is_refused_by_the_parser(
+    make_gateway: GatewayFactory, upstream: RecordingUpstream, method: str
+) -> None:
+    gw = await make_gateway(ROUTES)
+    answer = await send(gw.port, request("/open/x", "Content-Length: 3", method=method, body=b"abc"))
+    assert answer.statuses == [400]
+    assert upstream.seen == []
