@@ -16,7 +16,7 @@ from .cache import CachingAuthenticator
 from .config import Config, Limits
 from .errors import BadRequest, answer_for, error_response
 from .forward_auth import handle_forward_auth
-from .head_limit import GatewayServer
+from .http_server import GatewayServer
 from .introspection import Introspector
 from .metrics import Metrics
 from .pipeline import Runtime, echo_headers, handle

@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator
 from aiohttp import StreamReader
 from aiohttp.abc import AbstractStreamWriter
 
-from .errors import ClientClosedRequest, GatewayError, PayloadTooLarge, RequestTimeout
+from .errors import BadRequest, ClientClosedRequest, GatewayError, PayloadTooLarge, RequestTimeout
+from .method_override import Scanner
 
 
 class BodyGuard:
@@ -21,14 +22,23 @@ class BodyGuard:
     library reports a connection failure, and the pipeline answers with this instead.
     """
 
-    __slots__ = ("_continue", "_limit", "_stream", "_timeout", "buffered", "error")
+    __slots__ = ("_continue", "_limit", "_scanner", "_stream", "_timeout", "buffered", "error")
 
     def __init__(
-        self, stream: StreamReader, *, limit: int, timeout: float, send_continue: AbstractStreamWriter | None = None
+        self,
+        stream: StreamReader,
+        *,
+        limit: int,
+        timeout: float,
+        send_continue: AbstractStreamWriter | None = None,
+        scanner: Scanner | None = None,
     ) -> None:
         """`send_continue`: the client sent `Expect: 100-continue`; its `100 Continue` goes out on this writer when
         the body is first wanted, that is once the request has been allowed (RFC 9110 §10.1.1): a client the
-        gateway refuses never uploads its body."""
+        gateway refuses never uploads its body.
+
+        `scanner`: looks for a method-override field in each piece before it is passed on (400 if found)."""
+        self._scanner = scanner
         self._stream = stream
         self._limit = limit
         self._timeout = timeout
@@ -74,5 +84,8 @@ class BodyGuard:
             total += len(chunk)
             if total > self._limit:
                 self.error = PayloadTooLarge()
+                raise self.error
+            if self._scanner is not None and self._scanner.found_in(chunk):
+                self.error = BadRequest("a method override in the request body")
                 raise self.error
             yield chunk

@@ -411,6 +411,7 @@ _ROUTE = frozenset(
         "cors",
         "forward_unchecked_credentials",
         "introspect",
+        "delete_body",
     }
 )
 _CORS = frozenset(
@@ -694,6 +695,13 @@ def _policy(c: _Checker, m: dict[str, Any], path: str) -> Policy:
     return Policy(Access.AUTHENTICATED)
 
 
+def _delete_body(c: _Checker, m: dict[str, Any], path: str, methods: frozenset[str] | None) -> bool:
+    allowed = c.boolean(m, "delete_body", path, False)
+    if allowed and methods is not None and "DELETE" not in methods:
+        c.fail(_join(path, "delete_body"), "the route's methods do not include DELETE")
+    return allowed
+
+
 def _routes(c: _Checker, node: Any, upstreams: Mapping[str, Upstream]) -> list[Route]:
     if not isinstance(node, list) or not node:
         c.fail("routes", "expected a non-empty list of routes")
@@ -753,6 +761,7 @@ def _routes(c: _Checker, node: Any, upstreams: Mapping[str, Upstream]) -> list[R
                 cors=_cors(c, m.get("cors"), _join(path, "cors"), methods),
                 forward_unchecked_credentials=forward_unchecked,
                 introspect_always=_introspect(c, m, path),
+                delete_body=_delete_body(c, m, path, methods),
             )
         )
     return routes

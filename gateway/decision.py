@@ -34,6 +34,7 @@ from .errors import (
 )
 from .headers import identity_headers, valid_host
 from .logs import token_hash
+from .method_override import query_overrides_method
 from .rules import Access, PathError, Route, canonical_path, missing_roles, resolve_route, split_target
 
 Headers = CIMultiDictProxy[str] | MultiMapping[str]
@@ -61,14 +62,16 @@ class Picker(Protocol):
 class RouteMemo:
     """(method, raw path) -> (canonical path, route), remembered: both are pure functions of one config.
 
-    Bounded (cleared when full; long paths are never kept), so random paths cannot grow memory. Refused paths
-    (PathError) are not remembered: they raise every time.
+    Bounded (cleared when full; long paths and long methods are never kept), so random paths cannot grow memory:
+    a preflight's Access-Control-Request-Method is a method key too, and any client can make it 16 KB. Refused
+    paths (PathError) are not remembered: they raise every time.
     """
 
     __slots__ = ("_memo", "_routes")
 
     MAX_ENTRIES = 4096
     MAX_PATH = 256
+    MAX_METHOD = 32  # the longest registered method (UPDATEREDIRECTREF) has 17 letters
 
     def __init__(self, routes: tuple[Route, ...]) -> None:
         self._routes = routes
@@ -81,7 +84,7 @@ class RouteMemo:
             return hit
         path = canonical_path(raw_path)
         resolved = (path, resolve_route(self._routes, method, path))
-        if len(raw_path) <= self.MAX_PATH:
+        if len(raw_path) <= self.MAX_PATH and len(method) <= self.MAX_METHOD:
             if len(self._memo) >= self.MAX_ENTRIES:
                 self._memo.clear()
             self._memo[key] = resolved
@@ -181,6 +184,9 @@ class Decider:
                 return Decision(path, query, route, preflight=answer)
         path, query, route = self.route_for(method, inbound.target)
         trace.path, trace.route = path, route
+        if query_overrides_method(query):
+            # Laravel, Symfony and Rails would act on another method than the one the rules matched.
+            raise BadRequest("a method override in the query string")
         if exact and upstream_target(path, query) != inbound.target:
             raise BadRequest("the request target is not in canonical form")
         if inbound.host is not None and not valid_host(inbound.host):

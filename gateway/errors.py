@@ -54,6 +54,20 @@ class NotFound(GatewayError):
         return "no route"  # the words `explain` uses
 
 
+class VersionNotSupported(GatewayError):
+    status = 505
+    error = "http_version_not_supported"
+    description = "only HTTP/1.0 and HTTP/1.1 are served"
+
+
+class NotImplementedCoding(GatewayError):
+    """RFC 9112 §6.1: a transfer coding the server does not understand is 501."""
+
+    status = 501
+    error = "not_implemented"
+    description = "the only transfer coding accepted on a request is chunked"
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     error = "payload_too_large"
@@ -204,7 +218,8 @@ def error_response(exc: GatewayError) -> web.Response:
         status=exc.status,
         body=body.encode(),
         content_type="application/json",
-        headers={**exc.headers(), "Cache-Control": "no-store"},
+        # nosniff: a browser must not read the JSON as HTML or script, whatever a client put in the request.
+        headers={**exc.headers(), "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
     )
 
 

@@ -55,7 +55,9 @@ def original_request(config: Config, request: web.BaseRequest) -> Inbound:
         raise BadRequest(f"forward-auth takes at most one {HOST_HEADER} header")
     if not valid_method(method) or method == "CONNECT":
         raise BadRequest(f"{METHOD_HEADER} is not a method this gateway forwards")
-    return Inbound(method, target, request.headers, hosts[0] if hosts else host, client.client_ip)
+    # Without X-Forwarded-Host there is no client Host to check: the request's own names the gateway, as the
+    # ingress calls it (nginx: the upstream block's name).
+    return Inbound(method, target, request.headers, hosts[0] if hosts else None, client.client_ip)
 
 
 def _refuse_forged_identity(request: web.BaseRequest) -> None:

@@ -110,15 +110,4 @@ class BoundedRequestHandler(RequestHandler):
         self._loop.call_later(_LINGER, self.force_close)
 
 
-class GatewayServer(web.Server):
-    """aiohttp's low-level server whose connections are BoundedRequestHandlers."""
-
-    def __init__(self, handler: Any, *, max_head_bytes: int, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
-        self._max_head_bytes = max_head_bytes
-
-    def __call__(self) -> RequestHandler:
-        return BoundedRequestHandler(self, max_head_bytes=self._max_head_bytes, loop=self._loop, **self._kwargs)
-
-
-__all__ = ["TOO_LARGE", "BoundedRequestHandler", "GatewayServer"]
+__all__ = ["TOO_LARGE", "BoundedRequestHandler"]

@@ -53,8 +53,29 @@ _REWRITES_AND_CLIENT_IPS = frozenset(
         "x-cluster-client-ip",
         "cf-connecting-ip",
         "fastly-client-ip",
+        # httpoxy: CGI turns `Proxy` into HTTP_PROXY, which many HTTP clients take as their outgoing proxy.
+        "proxy",
+        "client-ip",
+        "x-originating-ip",
+        "x-remote-ip",
+        "x-remote-addr",
+        "x-proxyuser-ip",
+        "fly-client-ip",
+        "x-azure-clientip",
+        "x-appengine-user-ip",
+        "x-envoy-external-address",
+        "x-forwarded",
+        "forwarded-for",
+        "x-host",
+        "x-http-host-override",
+        "x-original-path",
+        "x-envoy-original-path",
     }
 )
+# Query parameters and form fields that frameworks read as the method to dispatch (Rails, Laravel and Symfony
+# `_method`; some read the override headers' names as parameters too), compared as method_override_name() spells
+# them. The gateway refuses a request that carries one (gateway/method_override.py).
+METHOD_OVERRIDE_FIELDS = frozenset({"-method", "x-http-method-override", "x-http-method", "x-method-override"})
 # aiohttp's server sets its own on every response.
 _REPLACED_ON_RESPONSE = frozenset({"server", "date"})
 
@@ -68,6 +89,16 @@ AnyHeaders = CIMultiDictProxy[str] | CIMultiDict[str]
 def normalised_name(name: str) -> str:
     """How a server behind us may read a header name: any case, `_` taken for `-` (as CGI, WSGI and PHP do)."""
     return name.lower().replace("_", "-")
+
+
+_PHP_NAME_FOLD = str.maketrans({" ": "-", ".": "-", "_": "-", "[": "-"})
+
+
+def method_override_name(name: str) -> bool:
+    """Whether a decoded parameter name is one a framework reads as the method: any case, `_` as `-`, and PHP's
+    folding of ' ', '.' and '[' into '_' (`.method` is `_method` to PHP), with or without an array suffix."""
+    base = name.partition("[")[0]
+    return any(n.lower().translate(_PHP_NAME_FOLD) in METHOD_OVERRIDE_FIELDS for n in (name, base))
 
 
 def is_identity_header(name: str) -> bool:
@@ -100,10 +131,12 @@ class ForwardedFor:
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-# RFC 3986 authority without userinfo: reg-name / IPv4 / IP-literal, then an optional port.
-_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]+)(?::[0-9]{1,5})?")
+# A DNS name or IPv4 address, or an IPv6 literal, then an optional port. Narrower than RFC 3986's reg-name on
+# purpose: its sub-delims (',', ';', '!', '$'...) and '%' name no real host, and a comma splits X-Forwarded-Host.
+_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_](?:[A-Za-z0-9\-._]*[A-Za-z0-9_])?\.?)(?::[0-9]{1,5})?")
 
 
+@functools.lru_cache(maxsize=1024)  # a pure function of the text; a client sends the same Host on every request
 def valid_host(value: str) -> bool:
     """A Host (or X-Forwarded-Host) an upstream can safely build URLs from: no '/', '@', spaces or the like."""
     return bool(_HOST.fullmatch(value))
@@ -177,6 +210,10 @@ def upstream_request_headers(
     for name, value in client.items():
         norm = normalised_name(name)
         if norm in drop or norm.startswith((IDENTITY_PREFIX, _FORWARDED_PREFIX)):
+            continue
+        if "_" in name:
+            # CGI, WSGI and PHP read `X_Request_Id` as X-Request-Id: a second spelling of a header the gateway
+            # sets or drops. Dropped, as nginx does by default (underscores_in_headers off).
             continue
         if norm == "authorization" and not pass_authorization:
             continue

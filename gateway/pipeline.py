@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from aiohttp import HttpVersion, web
+from aiohttp import web
 
 from .body import BodyGuard
 from .cache import CachingAuthenticator
@@ -19,13 +19,15 @@ from .client_budget import ClientBudget
 from .config import Config, Limits
 from .credentials import form_has_token
 from .decision import Decider, Inbound, Trace, upstream_target
-from .errors import BadRequest, ExpectationFailed, GatewayError, InvalidRequestToken, PayloadTooLarge
+from .errors import ExpectationFailed, GatewayError, InvalidRequestToken, PayloadTooLarge
 from .headers import forwarded_for, upstream_request_headers
 from .introspection import Introspector
 from .jwt_tokens import TokenDispatch
 from .logs import log_access, request_id
+from .method_override import body_scanner
 from .metrics import Metrics
 from .proxy import forward
+from .request_shape import HTTP_11, refuse_body, refuse_malformed
 from .rules import Route
 from .upstream_client import UpstreamClient
 
@@ -39,8 +41,6 @@ CORS_HEADERS = web.RequestKey("cors_headers", tuple[tuple[str, str], ...])
 REQUEST_ID_HEADER = "X-Request-Id"
 
 _FORM = "application/x-www-form-urlencoded"
-_NO_BODY_METHODS = frozenset({"GET", "HEAD"})
-_HTTP_11 = HttpVersion(1, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,19 +65,23 @@ class Runtime:
 def guard_body(limits: Limits, route: Route, request: web.BaseRequest) -> BodyGuard | None:
     expect = request.headers.get("Expect")
     send_continue = None
-    if expect is not None and request.version == _HTTP_11:  # HTTP/1.0 has no expectations (RFC 9110 §10.1.1)
+    if expect is not None and request.version == HTTP_11:  # HTTP/1.0 has no expectations (RFC 9110 §10.1.1)
         if expect.lower() != "100-continue":
             raise ExpectationFailed()
         send_continue = request.writer
     if not request.body_exists:
         return None
-    # An upstream that ignores the body of a GET would read it as a second, unchecked request.
-    if request.method in _NO_BODY_METHODS:
-        raise BadRequest(f"a {request.method} request cannot carry a body")
+    refuse_body(route, request.method)
     limit = route.max_body_bytes if route.max_body_bytes is not None else limits.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge()
-    return BodyGuard(request.content, limit=limit, timeout=limits.body_timeout, send_continue=send_continue)
+    return BodyGuard(
+        request.content,
+        limit=limit,
+        timeout=limits.body_timeout,
+        send_continue=send_continue,
+        scanner=body_scanner(request.content_type),
+    )
 
 
 async def refuse_form_token(request: web.BaseRequest, body: BodyGuard) -> None:
@@ -130,6 +134,7 @@ async def handle(runtime: Runtime, request: web.BaseRequest) -> web.StreamRespon
     forwarded = forwarded_for(request.remote or "", request.scheme, host, request.headers, config.trusted_proxies)
     try:
         try:
+            refuse_malformed(request)  # the request line's version, the framing, Host: before anything is decided
             inbound = Inbound(request.method, request.raw_path, request.headers, host, forwarded.client_ip)
             decision = await runtime.decider.decide(inbound, trace, before_auth=guard)
         finally:

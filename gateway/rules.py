@@ -318,6 +318,10 @@ class Route:
     # Public routes only: relay Authorization and `access_token` as sent, though the gateway checked neither.
     forward_unchecked_credentials: bool = False
     introspect_always: bool = False  # `introspect: always`: never verified locally, so a revocation counts at once
+    delete_body: bool = False  # a DELETE may carry a body (some APIs take one); refused by default
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "methods", implied_methods(self.methods))
 
     def matches(self, method: str, path: str, *, fold: bool = False) -> bool:
         if self.methods is not None and method not in self.methods:
@@ -343,6 +347,14 @@ def org_scope_problem(pattern: PathPattern, in_org: str) -> str | None:
     if not in_org.strip() or any(c in in_org for c in "{}/ "):
         return f"{in_org!r} is neither an organisation id nor a '{{name}}' of a path segment"
     return None
+
+
+def implied_methods(methods: frozenset[str] | None) -> frozenset[str] | None:
+    """A rule that lists GET covers HEAD too (as nginx's `limit_except GET` does): frameworks answer HEAD by running
+    the GET handler, so a HEAD that fell through to another rule would run it for a caller the GET rule refuses."""
+    if methods is not None and "GET" in methods and "HEAD" not in methods:
+        return methods | {"HEAD"}
+    return methods
 
 
 def match_route(routes: Iterable[Route], method: str, path: str, *, fold: bool = False) -> Route | None:

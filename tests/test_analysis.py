@@ -142,7 +142,12 @@ def test_methods(a: set[str] | None, b: set[str] | None, cover: bool, meet: set[
         ([route("/api/*", methods={"GET"}), route("/api/x")], []),
         (
             [route("/api/*", PUBLIC, methods={"GET"}), route("/api/x")],
-            ["routes[1] (/api/x) /api/x overlaps routes[0] (/api/*) /api/* with a different policy: e.g. GET /api/x"],
+            [
+                (
+                    "routes[1] (/api/x) /api/x overlaps routes[0] (/api/*) /api/* "
+                    "with a different policy: e.g. GET,HEAD /api/x"
+                )
+            ],
         ),
         ([route("/api/*", PUBLIC, methods={"GET"}), route("/api/x", methods={"POST"})], []),
         ([route("/a/*", PUBLIC), route("/*/b", READER)], ["e.g. any method /a/b gets public (from /a/*)"]),
@@ -227,5 +232,6 @@ def test_a_shadowed_route_is_not_reported_as_overlapping() -> None:
     assert len(warnings) == 2
     assert "routes[1] (/a/b) /a/b can never match" in warnings[0]
     assert (
-        "routes[2] (/*/b) /*/b overlaps routes[0] (/a/**) /a/** with a different policy: e.g. GET /a/b" in warnings[1]
+        "routes[2] (/*/b) /*/b overlaps routes[0] (/a/**) /a/** with a different policy: e.g. GET,HEAD /a/b"
+        in warnings[1]
     )

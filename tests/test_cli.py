@@ -37,6 +37,7 @@ def test_check_prints_the_table_and_warns(tmp_path: Path, capsys: pytest.Capture
     assert out[0].endswith("OK, 6 routes (first match wins; anything else is denied with 404)")
     assert out[1].split() == ["#", "path", "methods", "policy", "upstream"]
     assert out[4].split() == ["2", "/api/private-scoped", "*", "roles:", "any", "of", "read:messages", "default"]
+    assert out[5].split() == ["3", "/docs/**", "GET,HEAD", "public", "default"]  # GET covers HEAD
     assert out[8:] == [
         (
             "warning: routes[4] (docs-admin) /docs/admin can never match: routes[3] (docs) /docs/** comes first "
@@ -44,7 +45,7 @@ def test_check_prints_the_table_and_warns(tmp_path: Path, capsys: pytest.Capture
         ),
         (
             "warning: routes[5] (docs-edit) /docs/* overlaps routes[3] (docs) /docs/** with a different policy: "
-            "e.g. GET /docs/x gets public (from docs), not roles: all of editor"
+            "e.g. GET,HEAD /docs/x gets public (from docs), not roles: all of editor"
         ),
     ]
 
@@ -79,6 +80,8 @@ def test_check_invalid_config_exits_1(tmp_path: Path, capsys: pytest.CaptureFixt
             ["PUT", "/docs/admin", "--roles", "editor"],
             ["route      #5 docs-edit: /docs/* methods *, roles: all of editor"],
         ),
+        # A rule that lists GET covers HEAD: not the docs-edit rule below it.
+        (["HEAD", "/docs/x", "--anonymous"], ["route      #3 docs: /docs/** methods GET,HEAD, public"]),
     ],
 )
 def test_explain(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], lines: list[str]) -> None:

@@ -84,6 +84,14 @@ def test_secret_is_not_in_repr() -> None:
         ({"idp": {"issuer": "${NOPE}"}}, "c.yaml: idp.issuer: environment variable NOPE is not set"),
         ({"idp": None}, "c.yaml: idp: is required because a route needs authentication"),
         ({"extra": 1}, "c.yaml: extra: unknown key"),
+        (
+            {"routes": [{"path": "/a", "policy": "public", "delete_body": "yes"}]},
+            "c.yaml: routes[0].delete_body: expected true or false",
+        ),
+        (
+            {"routes": [{"path": "/a", "policy": "public", "methods": ["POST"], "delete_body": True}]},
+            "c.yaml: routes[0].delete_body: the route's methods do not include DELETE",
+        ),
     ],
 )
 def test_config_errors_name_file_and_key(change: dict[str, Any], expected: str) -> None:
@@ -193,3 +201,9 @@ def test_repository_config_is_valid() -> None:
     ids = [r.id for r in config.routes]
     assert ids[:3] == ["public", "private", "private-scoped"]
     assert config.listen == type(config.listen)(host="0.0.0.0", port=5000)
+
+
+def test_delete_body_is_off_unless_a_route_says_so() -> None:
+    document = doc(routes=[{"path": "/a", "policy": "public", "delete_body": True}, {"path": "/b", "policy": "public"}])
+    config = parse_config(document, source="c.yaml", env=ENV)
+    assert [route.delete_body for route in config.routes] == [True, False]

@@ -48,7 +48,9 @@ async def test_large_request_body_streams_to_upstream(gateway: Client, upstream:
 
 async def test_every_method_is_forwarded(gateway: Client, upstream: RecordingUpstream) -> None:
     for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
-        resp = await gateway.request(method, "/echo/m", headers=READER, data=b"abc" if method != "GET" else None)
+        # A body only where the method defines one (DELETE's is refused unless the route allows it: issue 12).
+        body = b"abc" if method in ("POST", "PUT", "PATCH") else None
+        resp = await gateway.request(method, "/echo/m", headers=READER, data=body)
         assert resp.status == 200, method
         assert upstream.last.method == method
 

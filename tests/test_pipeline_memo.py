@@ -39,3 +39,12 @@ def test_memo_is_bounded() -> None:
     assert len(memo._memo) <= RouteMemo.MAX_ENTRIES
     memo.resolve("GET", "/files/" + "x" * RouteMemo.MAX_PATH)
     assert ("GET", "/files/" + "x" * RouteMemo.MAX_PATH) not in memo._memo
+
+
+def test_long_methods_are_never_kept() -> None:
+    """A preflight's Access-Control-Request-Method is a memo key: 16 KB of it must not be pinned (issue 12)."""
+    memo = RouteMemo(ROUTES)
+    for i in range(100):
+        memo.resolve(f"{i}" + "X" * 16384, "/api/public")
+    memo.resolve("X" * RouteMemo.MAX_METHOD, "/api/public")
+    assert len(memo._memo) == 1

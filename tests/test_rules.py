@@ -150,3 +150,11 @@ def test_missing_roles(any_of: set[str], all_of: set[str], roles: set[str], miss
 @pytest.mark.parametrize("access", [Access.PUBLIC, Access.AUTHENTICATED])
 def test_non_role_policies_need_no_roles(access: Access) -> None:
     assert missing_roles(Policy(access), frozenset()) is None
+
+
+def test_a_rule_that_lists_get_covers_head() -> None:
+    routes = [_route("/files", Access.AUTHENTICATED, frozenset({"GET"})), _route("/**")]
+    head = match_route(routes, "HEAD", "/files")
+    assert head is not None and head.id == "/files"  # not the public catch-all below it
+    assert routes[0].methods == frozenset({"GET", "HEAD"})
+    assert _route("/x", methods=frozenset({"POST"})).methods == frozenset({"POST"})

@@ -36,6 +36,26 @@ SMUGGLED = [
     "CF-Connecting-IP: 1.2.3.4",
     "Fastly-Client-IP: 1.2.3.4",
     "X-Real-IP: 1.2.3.4",
+    # Issue 12, point 5.
+    "Proxy: http://evil.example:3128",
+    "Client-IP: 1.2.3.4",
+    "X-Originating-IP: 1.2.3.4",
+    "X-Remote-IP: 1.2.3.4",
+    "X-Remote-Addr: 1.2.3.4",
+    "X-ProxyUser-Ip: 1.2.3.4",
+    "Fly-Client-IP: 1.2.3.4",
+    "X-Azure-ClientIP: 1.2.3.4",
+    "X-Appengine-User-IP: 1.2.3.4",
+    "X-Envoy-External-Address: 1.2.3.4",
+    "X-Forwarded: for=1.2.3.4",
+    "Forwarded-For: 1.2.3.4",
+    "X-Host: evil.example",
+    "X-HTTP-Host-Override: evil.example",
+    "X-Original-Path: /api/private",
+    "X-Envoy-Original-Path: /api/private",
+    "x_envoy_original_path: /api/private",
+    "CLIENT_IP: 1.2.3.4",
+    "X_Custom_Name: underscores are dropped whatever the name",
 ]
 
 
@@ -56,6 +76,16 @@ async def test_override_rewrite_and_client_ip_headers_are_dropped(
     sent = {k.lower().replace("_", "-") for k, _ in upstream.last.headers}
     assert name not in sent
     assert upstream.last.method == "POST"
+
+
+async def test_an_underscore_spelling_of_x_request_id_is_dropped(
+    make_gateway: GatewayFactory, upstream: RecordingUpstream
+) -> None:
+    gateway = await make_gateway()
+    answer = await send(gateway.port, request("/open/x", "X_Request_Id: forged-id", "X-Request-Id: mine-1"))
+    assert answer.status == 200
+    ids = [v for k, v in upstream.last.headers if k.lower().replace("_", "-") == "x-request-id"]
+    assert ids == ["mine-1"]  # the gateway's, from the client's well-formed one
 
 
 async def test_the_three_forwarded_headers_are_still_set(
