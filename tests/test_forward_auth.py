@@ -261,3 +261,12 @@ def test_config_errors_name_the_key(section: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as failure:
         parse_config({**base, "forward_auth": section}, source="t.yaml", env=ENV)
     assert any(f"t.yaml: {key}" in p for p in failure.value.problems), failure.value.problems
+
+
+async def test_the_client_host_is_x_forwarded_host_never_the_ingress_own(make_asker: Asker) -> None:
+    ask = await make_asker()
+    # nginx names the gateway by its upstream block (`zitadel_gateway`): not the client's Host, never checked.
+    resp = await ask.get("/", headers={"Host": "zitadel_gateway", **asking("GET", "/api/public")})
+    assert resp.status == 200
+    resp = await ask.get("/", headers={**asking("GET", "/api/public"), "X-Forwarded-Host": "a,b;c"})
+    assert resp.status == 400  # the client's Host, as the ingress relays it, must be a valid host[:port]
