@@ -295,6 +295,7 @@ class Route:
     cors: Cors | None = None
     # Public routes only: relay Authorization and `access_token` as sent, though the gateway checked neither.
     forward_unchecked_credentials: bool = False
+    websocket: bool = False  # a GET with `Upgrade: websocket` is relayed as a WebSocket (gateway/websocket/)
 
     def matches(self, method: str, path: str, *, fold: bool = False) -> bool:
         if self.methods is not None and method not in self.methods:
