@@ -116,7 +116,9 @@ async def test_messages_go_both_ways_with_the_canonical_path_and_identity(
 ) -> None:
     gateway = await make_gateway()
     target = "/ws/./x/../%65cho?a=%2F&b=1"
-    async with gateway.session.ws_connect(url(gateway, target), headers=READER, autoclose=False) as ws:
+    forged = {**READER, "X-Auth-Subject": "admin", "X-Forwarded-For": "10.0.0.1"}
+    # The client asks for compression: that is between it and the gateway, never passed on to the upstream.
+    async with gateway.session.ws_connect(url(gateway, target), headers=forged, compress=15) as ws:
         await ws.send_str("hello")
         assert await ws.receive_str() == "hello"
         await ws.send_bytes(b"\x00\x01")
@@ -132,6 +134,8 @@ async def test_messages_go_both_ways_with_the_canonical_path_and_identity(
     assert header(upgrade, "X-Forwarded-For") == ["127.0.0.1"]
     assert header(upgrade, "Authorization") == ["Bearer demo-reader-token"]
     assert len(header(upgrade, "X-Request-Id")) == 1
+    assert header(upgrade, "Sec-WebSocket-Extensions") == []
+    assert header(upgrade, "Upgrade") == ["websocket"] and len(header(upgrade, "Sec-WebSocket-Key")) == 1
 
 
 async def test_refusals_are_the_usual_answers_without_an_upgrade(
