@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
 
-from .support import Handler
+from ..support import Handler
 
 
 @dataclass

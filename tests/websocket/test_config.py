@@ -11,7 +11,7 @@ import yaml
 from gateway.__main__ import main
 from gateway.config import ConfigError, WebSocketSettings, parse_config
 
-from .support import ENV, gateway_document
+from ..support import ENV, gateway_document
 
 ROUTES: list[dict[str, Any]] = [
     {"id": "live", "path": "/live/**", "policy": "authenticated", "websocket": True},

@@ -13,8 +13,8 @@ from aiohttp import WSMsgType
 from aiohttp.test_utils import TestServer
 from pytest_aiohttp import AiohttpServer
 
-from .support import ENV, FakeIdP, gateway_document, gateway_process
-from .ws_support import WebSocketUpstream
+from ..support import ENV, FakeIdP, gateway_document, gateway_process
+from .servers import WebSocketUpstream
 
 WAIT = 30.0  # a bound against hanging, never a timing assertion
 READER = {"Authorization": "Bearer demo-reader-token"}
