@@ -10,6 +10,7 @@ import yaml
 
 from gateway.__main__ import main
 from gateway.config import ConfigError, WebSocketSettings, parse_config
+from gateway.logs import effective_config
 
 from ..support import ENV, gateway_document
 
@@ -42,6 +43,9 @@ def test_the_section_is_read() -> None:
     }
     config = parse_config(document(websocket=section), source="t.yaml", env=ENV)
     assert config.websocket == WebSocketSettings(5.0, 30.0, 4096, 3600.0)
+    started = effective_config(config)  # what the start-up line says
+    assert started["websocket"] == section
+    assert [r["websocket"] for r in started["routes"]] == [True, False]
 
 
 @pytest.mark.parametrize(
