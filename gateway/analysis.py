@@ -240,6 +240,10 @@ def explanation_lines(exp: Explanation, upstream_url: str | None, who: str) -> l
         lines.append(
             f"route      #{exp.route_index} {r.id}: {r.pattern.source} methods {methods}, {r.policy.describe()}"
         )
+        if r.websocket:  # said only where it is so: the output for other routes is as it always was
+            lines.append(
+                "websocket  yes: a GET with Upgrade: websocket is relayed as a WebSocket, on the same decision"
+            )
         if exp.status == 200 and upstream_url is not None and exp.canonical is not None:
             lines.append(f"forwards   {upstream_url}{exp.canonical}")
     lines.append(f"decision   {exp.decision}")

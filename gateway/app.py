@@ -23,6 +23,7 @@ from .pipeline import Runtime, echo_headers, handle
 from .redis_store import RedisStore
 from .reload import ConfigSource, Reloader, Sessions, build_runtime
 from .upstream_client import UpstreamClient
+from .websocket import WEBSOCKETS, WebSocketHub, handle_websocket, wants_websocket
 
 log = logging.getLogger("gateway")
 
@@ -203,6 +204,7 @@ def build_app(
             await shared.close()
 
     app.cleanup_ctx.append(sessions)
+    app[WEBSOCKETS] = websockets = WebSocketHub(metrics, config.shutdown_grace).attach(app)
 
     async def entry(request: web.BaseRequest) -> web.StreamResponse:
         # Errors are rendered and the request id echoed here rather than in a middleware chain and the
@@ -212,7 +214,11 @@ def build_app(
         if refused is not None:
             return refused
         try:
-            response = await handle(app[RUNTIME].current, request)
+            runtime = app[RUNTIME].current
+            if "Upgrade" in request.headers and wants_websocket(runtime, request):
+                response = await handle_websocket(app[RUNTIME], websockets, request)
+            else:
+                response = await handle(runtime, request)
         except web.HTTPException as exc:
             if exc.status < 400:  # aiohttp's own answer (a redirect and the like): aiohttp sends it
                 echo_headers(request, exc)
@@ -226,6 +232,8 @@ def build_app(
                 # Answered before the body was wanted (a refusal): the client may still be holding it back, so
                 # this connection's framing is not known any more. One answer, then it closes (RFC 9110 §10.1.1).
                 response.force_close()
+            elif "Upgrade" in request.headers:
+                response.force_close()  # the pipeline closes it after this answer: say so, or a client reuses it
         return response
 
     app[LISTENER] = Listener(entry, handler_args(config.limits), config.limits.max_head_bytes)

@@ -147,6 +147,16 @@ class Limits:
     backlog: int = 128
 
 
+@dataclass(frozen=True, slots=True)
+class WebSocketSettings:
+    """The `websocket:` section: how long a relayed WebSocket may live (routes opt in with `websocket: true`)."""
+
+    recheck: float = 60.0  # seconds between checks of the token through the cache (and of the route)
+    idle_timeout: float = 300.0  # no data message either way this long: closed 1001 (0: never)
+    max_message_bytes: int = 1 << 20  # a larger message either way: closed 1009
+    max_lifetime: float = 0.0  # seconds; 0: only the token's exp bounds a socket
+
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -179,6 +189,7 @@ class Config:
     cache: CacheConfig = CacheConfig()
     workers: int = 1
     forward_auth: ForwardAuth | None = None  # None: off
+    websocket: WebSocketSettings = WebSocketSettings()
 
     def __post_init__(self) -> None:
         # Frozen all the way down: a plain dict here could be changed by anyone holding the config.
@@ -372,8 +383,10 @@ _TOP = frozenset(
         "cache",
         "workers",
         "forward_auth",
+        "websocket",
     }
 )
+_WEBSOCKET = frozenset({"recheck_seconds", "idle_timeout_seconds", "max_message_bytes", "max_lifetime_seconds"})
 _LISTEN = frozenset({"host", "port"})
 _FORWARD_AUTH = frozenset({"host", "port", "original"})
 _LOGGING = frozenset({"level", "format"})
@@ -412,6 +425,7 @@ _ROUTE = frozenset(
         "forward_unchecked_credentials",
         "introspect",
         "delete_body",
+        "websocket",
     }
 )
 _CORS = frozenset(
@@ -630,6 +644,17 @@ def _limits(c: _Checker, node: Any) -> Limits:
     )
 
 
+def _websocket(c: _Checker, node: Any) -> WebSocketSettings:
+    m = c.mapping(node, "websocket", _WEBSOCKET)
+    d = WebSocketSettings()
+    return WebSocketSettings(
+        recheck=c.number(m, "recheck_seconds", "websocket", d.recheck, minimum=0.05),
+        idle_timeout=c.number(m, "idle_timeout_seconds", "websocket", d.idle_timeout),
+        max_message_bytes=c.integer(m, "max_message_bytes", "websocket", d.max_message_bytes, 1, 1 << 30),
+        max_lifetime=c.number(m, "max_lifetime_seconds", "websocket", d.max_lifetime),
+    )
+
+
 def _trusted_proxies(c: _Checker, node: Any) -> tuple[IPNetwork, ...]:
     if node is None:
         return ()
@@ -735,6 +760,9 @@ def _routes(c: _Checker, node: Any, upstreams: Mapping[str, Upstream]) -> list[R
         if forward_unchecked and policy.access is not Access.PUBLIC:
             # A protected route forwards the token it checked (pass_authorization); nothing else is unchecked.
             c.fail(_join(path, "forward_unchecked_credentials"), "only a public route forwards unchecked credentials")
+        websocket = c.boolean(m, "websocket", path, False)
+        if websocket and methods is not None and "GET" not in methods:
+            c.fail(_join(path, "websocket"), "a WebSocket opens with a GET, which the route's methods leave out")
         upstream = c.string(m, "upstream", path) or default_upstream
         if upstream is None:
             c.fail(
@@ -762,6 +790,7 @@ def _routes(c: _Checker, node: Any, upstreams: Mapping[str, Upstream]) -> list[R
                 forward_unchecked_credentials=forward_unchecked,
                 introspect_always=_introspect(c, m, path),
                 delete_body=_delete_body(c, m, path, methods),
+                websocket=websocket,
             )
         )
     return routes
@@ -795,6 +824,7 @@ def parse_config(document: Any, *, source: str, env: Mapping[str, str]) -> Confi
     cache = _cache(c, doc.get("cache"))
     workers = c.integer(doc, "workers", "", 1, 1, 256)
     forward_auth = _forward_auth(c, doc.get("forward_auth"), listen, admin)
+    websocket = _websocket(c, doc.get("websocket"))
     if c.problems:
         raise ConfigError(c.problems)
     return Config(
@@ -812,6 +842,7 @@ def parse_config(document: Any, *, source: str, env: Mapping[str, str]) -> Confi
         cache=cache,
         workers=workers,
         forward_auth=forward_auth,
+        websocket=websocket,
     )
 
 

@@ -61,6 +61,9 @@ class BoundedRequestHandler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # read and dropped until the connection closes
+        if self._upgraded:
+            super().data_received(data)  # WebSocket frames (or an upgrade's unread tail): no head any more
+            return
         if self._body is not None and self._body.is_eof():
             self._start_head()
         if self._body is None and data:

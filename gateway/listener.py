@@ -6,6 +6,7 @@ import asyncio
 import logging
 import math
 import time
+from typing import cast
 
 from aiohttp import web
 
@@ -26,9 +27,10 @@ class _Refuse(asyncio.Protocol):
     """Answers 503 at once and closes: cheaper than a full handler, and the client learns why."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.write(_FULL)
-        transport.close()
+        # A stream transport: uvloop's (what `python -m gateway` runs on) does not subclass asyncio.Transport.
+        stream = cast(asyncio.Transport, transport)
+        stream.write(_FULL)
+        stream.close()
 
 
 class ConnectionCap:

@@ -272,9 +272,16 @@ def effective_config(config: Config) -> dict[str, Any]:
                 "methods": sorted(r.methods) if r.methods is not None else "*",
                 "policy": r.policy.describe(),
                 "upstream": r.upstream,
+                "websocket": r.websocket,
             }
             for r in config.routes
         ],
+        "websocket": {
+            "recheck_seconds": config.websocket.recheck,
+            "idle_timeout_seconds": config.websocket.idle_timeout,
+            "max_message_bytes": config.websocket.max_message_bytes,
+            "max_lifetime_seconds": config.websocket.max_lifetime,
+        },
         "logging": {"level": config.logging.level, "format": config.logging.format},
         "reload": {"watch": config.reload.watch, "poll_seconds": config.reload.poll_seconds},
         "shutdown_grace_seconds": config.shutdown_grace,

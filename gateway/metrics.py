@@ -8,7 +8,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -124,6 +124,12 @@ class Metrics:
         )
         self.cache = self.hot.cache  # a lookup per request: lock-free like the request series
         self.reloads = Counter("gateway_config_reloads", "Config reloads by result", ["result"], registry=r)
+        self.websockets_open = Gauge(
+            "gateway_websockets_open", "Relayed WebSockets open, by route", ["route"], registry=r
+        )
+        self.websocket_closes = Counter(
+            "gateway_websocket_closes", "Relayed WebSockets closed, by reason", ["reason"], registry=r
+        )
 
     def request_started(self) -> None:
         self.hot.in_flight += 1

@@ -319,6 +319,7 @@ class Route:
     forward_unchecked_credentials: bool = False
     introspect_always: bool = False  # `introspect: always`: never verified locally, so a revocation counts at once
     delete_body: bool = False  # a DELETE may carry a body (some APIs take one); refused by default
+    websocket: bool = False  # a GET with `Upgrade: websocket` is relayed as a WebSocket (gateway/websocket/)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", implied_methods(self.methods))
