@@ -15,7 +15,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import aiohttp
 import jwt
@@ -28,8 +28,6 @@ from .jwks import ALLOWED_ALGORITHMS, Jwks
 from .metrics import Metrics
 
 # Header members that carry or point to a key of the token's own choosing: a token never picks its key.
-if TYPE_CHECKING:
-    from .pipeline import Runtime
 
 KEY_BEARING_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c"})
 
@@ -161,20 +159,16 @@ def token_dispatch(
     introspection: CachingAuthenticator | None,
     session: aiohttp.ClientSession,
     metrics: Metrics,
-    previous: Runtime | None = None,
+    previous: tuple[Config, TokenDispatch | None] | None = None,
 ) -> TokenDispatch | None:
     """The dispatch for `idp.access_tokens` jwt/auto (None for introspect), keeping the previous key set and cache
-    of verified tokens when the `idp` and `cache` sections are unchanged."""
+    of verified tokens when the `idp` and `cache` sections are unchanged. `previous`: the config and dispatch this
+    one replaces, on a reload."""
     idp = config.idp
     if idp is None or introspection is None or not idp.tokens.local:
         return None
-    old = previous.dispatch if previous is not None else None
-    if (
-        old is not None
-        and previous is not None
-        and previous.config.idp == idp
-        and previous.config.cache == config.cache
-    ):
+    old_config, old = previous if previous is not None else (None, None)
+    if old is not None and old_config is not None and old_config.idp == idp and old_config.cache == config.cache:
         jwks, local = old.jwks, old.local
     else:
         jwks = Jwks(idp, session)

@@ -96,7 +96,13 @@ def build_runtime(config: Config, sessions: Sessions, metrics: Metrics, previous
         upstream_client=sessions.upstream,
         metrics=metrics,
         introspector=introspector,
-        dispatch=token_dispatch(config, authenticator, sessions.idp, metrics, previous),
+        dispatch=token_dispatch(
+            config,
+            authenticator,
+            sessions.idp,
+            metrics,
+            (previous.config, previous.dispatch) if previous is not None else None,
+        ),
     )
 
 
