@@ -35,6 +35,7 @@ from .headers import identity_headers, valid_host
 from .introspection import Principal
 from .logs import token_hash
 from .rules import Access, PathError, Route, canonical_path, missing_roles, resolve_route, split_target
+from .tracing import RequestSpan, introspection
 
 Headers = CIMultiDictProxy[str] | MultiMapping[str]
 NO_IDENTITY: Mapping[str, str] = MappingProxyType({})
@@ -94,6 +95,7 @@ class Trace:
     # not allow): the gateway owns them, and an upstream's own never pass.
     cors_headers: tuple[tuple[str, str], ...] | None = None
     upstream_seconds: float | None = None
+    span: RequestSpan | None = None  # the request's place in its trace, when tracing is on
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,9 +201,12 @@ class Decider:
         principal = authenticator.cached(token)
         if principal is None:
             # Only a new IdP call counts against the client's budget; sharing one under way costs nothing.
-            admit = contextlib.nullcontext() if authenticator.pending(token) else self.budget.checking(inbound.client)
-            with admit:
+            shared = authenticator.pending(token)
+            admit = contextlib.nullcontext() if shared else self.budget.checking(inbound.client)
+            with admit, introspection(trace.span, "coalesced" if shared else "miss"):
                 principal = await authenticator.authenticate(token)
+        elif trace.span is not None:
+            trace.span.instant("introspection", {"gateway.cache": "hit"})
         trace.principal = principal
         lacking = missing_roles(route.policy, principal.roles)
         if lacking is not None:

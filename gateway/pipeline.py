@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -26,6 +27,7 @@ from .logs import log_access, request_id
 from .metrics import Metrics
 from .proxy import forward
 from .rules import Route
+from .tracing import Tracer, end_exchange
 from .upstream_client import UpstreamClient
 
 access_log = logging.getLogger("gateway.access")
@@ -51,6 +53,7 @@ class Runtime:
     upstream_client: UpstreamClient
     metrics: Metrics
     introspector: Introspector | None = None  # for readiness: has the IdP's discovery document been fetched?
+    tracer: Tracer | None = None  # None: tracing off
     decider: Decider = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -126,6 +129,8 @@ async def handle(runtime: Runtime, request: web.BaseRequest) -> web.StreamRespon
     host = request.headers.get("Host")
     # Who the client is (the peer, or what trusted proxies say): for the upstream, and for its token budget.
     forwarded = forwarded_for(request.remote or "", request.scheme, host, request.headers, config.trusted_proxies)
+    if runtime.tracer is not None:
+        trace.span = runtime.tracer.server_span(request.method, request.headers, request.scheme, forwarded.client_ip)
     try:
         try:
             inbound = Inbound(request.method, request.raw_path, request.headers, host, forwarded.client_ip)
@@ -150,6 +155,7 @@ async def handle(runtime: Runtime, request: web.BaseRequest) -> web.StreamRespon
         if decision.token is not None and route.pass_authorization:
             headers["Authorization"] = f"Bearer {decision.token}"  # the token we checked, whichever way it came
         headers[REQUEST_ID_HEADER] = trace.request_id
+        exchange = trace.span.upstream(request.method, upstream.url, decision.path, headers) if trace.span else None
         forwarding = time.perf_counter()
         try:
             response = await forward(
@@ -169,6 +175,9 @@ async def handle(runtime: Runtime, request: web.BaseRequest) -> web.StreamRespon
         finally:
             # The whole exchange with the upstream: to the last byte relayed when the body is streamed.
             trace.upstream_seconds = time.perf_counter() - forwarding
+            if exchange is not None:
+                failure = sys.exc_info()[1]
+                end_exchange(exchange, None if failure else response.status, failure)
     except GatewayError as exc:
         decision_label = "deny" if exc.status < 499 else "error"  # 499: the client went away, nothing was decided
         record(runtime, request.method, trace, exc.status, decision_label, exc.reason, started)
@@ -218,5 +227,7 @@ def record(
         "upstream_ms": _milliseconds(trace.upstream_seconds),
         "total_ms": _milliseconds(elapsed),
     }
+    if trace.span is not None:
+        fields["trace_id"] = trace.span.finish(route, trace.path, status, decision, reason, mode)
     if access_log.isEnabledFor(logging.INFO):
         log_access(access_log, _ACCESS_MESSAGE, (method, trace.path, status, decision), fields)

@@ -32,6 +32,7 @@ from .config import Config, ConfigError, load_config, read_environment
 from .introspection import Introspector
 from .metrics import Metrics
 from .pipeline import Runtime
+from .tracing import Tracer
 from .upstream_client import UpstreamClient
 
 log = logging.getLogger("gateway.reload")
@@ -71,6 +72,7 @@ class Sessions:
     upstream: UpstreamClient
     idp: aiohttp.ClientSession
     shared: SharedStore | None = None
+    tracer: Tracer | None = None  # made at start from `tracing`: it applies at the next start, like `listen`
 
 
 def build_runtime(config: Config, sessions: Sessions, metrics: Metrics, previous: Runtime | None = None) -> Runtime:
@@ -95,6 +97,7 @@ def build_runtime(config: Config, sessions: Sessions, metrics: Metrics, previous
         upstream_client=sessions.upstream,
         metrics=metrics,
         introspector=introspector,
+        tracer=sessions.tracer,
     )
 
 
