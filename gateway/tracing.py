@@ -162,10 +162,16 @@ class RequestSpan:
     def upstream(self, method: str, base_url: str, path: str, headers: CIMultiDict[str]) -> Span | None:
         """The upstream exchange's span (sampled traces only), and the trace context in the headers sent upstream:
         the client's `traceparent` and `tracestate` are replaced by the continued ones."""
-        exchange = self.child(f"upstream {method}", SpanKind.CLIENT, _client_attributes(method, base_url + path))
-        if exchange is None:
+        if self._tracer is None:  # not sampled: the ids go on, nothing is recorded
             headers[TRACEPARENT] = f"00-{self.trace_id_hex}-{random.getrandbits(64) or 1:016x}-00"
+            exchange = None
         else:
+            exchange = self._tracer.start_span(
+                f"upstream {method}",
+                context=self._context,
+                kind=SpanKind.CLIENT,
+                attributes=_client_attributes(method, base_url + path),
+            )
             headers[TRACEPARENT] = f"00-{self.trace_id_hex}-{exchange.get_span_context().span_id:016x}-01"
         if self.tracestate:
             headers[TRACESTATE] = self.tracestate

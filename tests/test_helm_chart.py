@@ -32,7 +32,11 @@ EVERYTHING: Json = {
     "networkPolicy": {"enabled": True},
     "zitadel": {"keyFileKey": "key.json"},
     "extraEnv": [{"name": "OTEL_SERVICE_NAME", "value": "gw"}],
-    "config": {"trusted_proxies": ["10.0.0.0/8"], "idp": {"timeout_seconds": 3}},
+    "config": {
+        "trusted_proxies": ["10.0.0.0/8"],
+        "idp": {"timeout_seconds": 3},
+        "tracing": {"enabled": True, "endpoint": "http://otel-collector.monitoring:4318/v1/traces"},
+    },
 }
 VARIANTS: dict[str, Json] = {"defaults": {}, "everything": EVERYTHING, "redis-secret": {
     "replicaCount": 2, "cache": {"backend": "redis", "urlSecret": {"name": "redis", "key": "url"}}
@@ -119,6 +123,8 @@ def test_the_rendered_config_is_accepted_by_the_gateway(name: str) -> None:
     config = parse_config(rendered.config, source="configmap", env=env)
     assert config.idp is not None and config.idp.issuer == "https://your-instance.zitadel.cloud"
     assert [r.id for r in config.routes] == ["public", "private", "private-scoped"]
+    tracing = VARIANTS[name].get("config", {}).get("tracing")
+    assert (config.tracing is not None) == bool(tracing)
 
 
 # -- wiring --------------------------------------------------------------------------------------------------------
