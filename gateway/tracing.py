@@ -207,7 +207,8 @@ def _client_attributes(method: str, url: str) -> dict[str, Any]:
     parts = urlsplit(url)
     attributes: dict[str, Any] = {
         "http.request.method": method,
-        "url.full": parts._replace(query="", fragment="").geturl(),  # never the query string
+        # Never the query string, nor credentials in the authority.
+        "url.full": parts._replace(netloc=parts.netloc.rpartition("@")[2], query="", fragment="").geturl(),
         "server.address": parts.hostname or "",
     }
     if parts.port is not None:

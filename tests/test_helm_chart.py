@@ -61,8 +61,9 @@ def pod_spec(rendered: Rendered) -> Json:
 # -- Helm's own checks ---------------------------------------------------------------------------------------------
 
 
-def test_helm_lint_is_clean() -> None:
-    report = helm_python.lint(CHART, strict=True)
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_helm_lint_is_clean(name: str) -> None:
+    report = helm_python.lint(CHART, VARIANTS[name], strict=True)
     assert report["errors"] == []
     problems = [m for m in report["messages"] if m["severity"] >= 2]  # 2 warning, 3 error; 1 is info
     assert problems == []

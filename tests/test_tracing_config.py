@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from multidict import CIMultiDict
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.config import ConfigError, TracingSettings, load_config, parse_config
@@ -110,3 +111,23 @@ def test_the_shipped_config_is_off_until_tracing_enabled() -> None:
     assert load_config(shipped, env).tracing is None
     on = {**env, "TRACING_ENABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}
     assert load_config(shipped, on).tracing == TracingSettings("http://collector:4318/v1/traces")
+
+
+def test_client_span_urls_carry_no_query_and_no_credentials() -> None:
+    exported = InMemorySpanExporter()
+    tracer = Tracer(TracingSettings(sampling_ratio=1), exporter=exported)
+    try:
+        span = tracer.server_span("GET", {}, "http", "127.0.0.1")
+        upstream: CIMultiDict[str] = CIMultiDict({"tracestate": "client=1"})
+        exchange = span.upstream("GET", "http://user:pw@backend:8080/base", "/a?access_token=t#f", upstream)
+        assert exchange is not None
+        exchange.end()
+        span.finish(None, "/a", 200, "allow", "ok", "proxy")
+        tracer.force_flush()
+        [client] = [s for s in exported.get_finished_spans() if s.name == "upstream GET"]
+        assert client.attributes is not None
+        assert client.attributes["url.full"] == "http://backend:8080/base/a"
+        assert (client.attributes["server.address"], client.attributes["server.port"]) == ("backend", 8080)
+        assert "tracestate" not in upstream  # ours has none: the client's is not relayed as if it were
+    finally:
+        tracer.provider.shutdown()
