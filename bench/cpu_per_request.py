@@ -1,10 +1,13 @@
-"""CPU per request: `python -m bench.cpu_per_request [--rounds N] [--seconds S] CHECKOUT...`.
+"""CPU per request: `python -m bench.cpu_per_request [--rounds N] [--seconds S] [--tracing C] CHECKOUT...`.
 
 The gateway's own CPU time (utime + stime from /proc) divided by the requests wrk got answered, one worker, on
 GET /api/private-scoped with a cached token. Each CHECKOUT (a directory holding a `gateway` package, e.g.
 `git archive main | tar -x -C /tmp/main`, or `.` for this one) is measured in turn, round after round, against
 one backend and one IdP. On a shared machine req/s moves with the neighbours' load; CPU per request moves much
 less, so it is the number to compare two versions of the hot path with.
+
+`--tracing C` (one of the checkouts): C also with tracing on, sampling ratio 0 (`tracing:` with an endpoint nothing
+listens on; at ratio 0 nothing is exported), for what tracing costs when it samples nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .__main__ import PATH, TOKEN, gateway, process
 from .tools import free_port, wrk
@@ -30,8 +34,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("checkouts", type=Path, nargs="+")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=4)
+    parser.add_argument("--tracing", type=Path, action="append", default=[], metavar="CHECKOUT")
     args = parser.parse_args(argv)
-    results: dict[Path, list[tuple[float, float]]] = {c: [] for c in args.checkouts}
+    variants: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for checkout in args.checkouts:
+        variants[str(checkout)] = (checkout, {})
+        if checkout in args.tracing:
+            endpoint = f"http://127.0.0.1:{free_port()}/v1/traces"
+            on = {"tracing": {"enabled": True, "endpoint": endpoint, "sampling_ratio": 0}}
+            variants[f"{checkout} tracing ratio 0"] = (checkout, on)
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
     py = sys.executable
     with tempfile.TemporaryDirectory(prefix="gateway-cpu-") as tmp:
         directory = Path(tmp)
@@ -42,19 +54,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             process([py, "-m", "bench.idp", "--port", str(idp)], idp, logs),
         ):
             for _ in range(args.rounds):
-                for checkout in args.checkouts:
-                    with gateway(directory, idp, backend, 1, source=checkout.resolve()) as (port, pid):
+                for name, (checkout, extra) in variants.items():
+                    # An admin port of its own: the default one may be taken on a shared machine.
+                    extra = {**extra, "admin": {"host": "127.0.0.1", "port": free_port()}}
+                    with gateway(directory, idp, backend, 1, extra, source=checkout.resolve()) as (port, pid):
                         url = f"http://127.0.0.1:{port}{PATH}"
                         wrk(url, seconds=1, connections=64, threads=2, headers=TOKEN)  # warm-up, token cached
                         before = cpu_seconds(pid)
                         result = wrk(url, seconds=args.seconds, connections=64, threads=2, headers=TOKEN)
                         used = cpu_seconds(pid) - before
-                        results[checkout].append((1e6 * used / result.requests, result.requests_per_second))
+                        results[name].append((1e6 * used / result.requests, result.requests_per_second))
     for checkout, runs in results.items():
         micros = sorted(r[0] for r in runs)
         rates = sorted(r[1] for r in runs)
         print(
-            f"{checkout!s:>24}: CPU {micros[0]:.0f}-{micros[-1]:.0f} us/request "
+            f"{checkout:>24}: CPU {micros[0]:.0f}-{micros[-1]:.0f} us/request "
             f"(median {micros[len(micros) // 2]:.0f}); {rates[0]:,.0f}-{rates[-1]:,.0f} req/s"
         )
     return 0

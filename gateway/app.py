@@ -22,6 +22,7 @@ from .metrics import Metrics
 from .pipeline import Runtime, echo_headers, handle
 from .redis_store import RedisStore
 from .reload import ConfigSource, Reloader, Sessions, build_runtime
+from .tracing import Tracer
 from .upstream_client import UpstreamClient
 from .websocket import WEBSOCKETS, WebSocketHub, handle_websocket, wants_websocket
 
@@ -176,7 +177,8 @@ def build_app(
             # A claim on a token lasts as long as one IdP call may (the other processes wait for its answer).
             claim = config.idp.timeout if config.idp is not None else 5.0
             shared = RedisStore(config.cache.url, metrics, timeout=config.cache.redis_timeout, claim_seconds=claim)
-        pools = Sessions(upstream=_upstream_client(), idp=_idp_session(), shared=shared)
+        tracer = Tracer(config.tracing) if config.tracing is not None else None
+        pools = Sessions(upstream=_upstream_client(), idp=_idp_session(), shared=shared, tracer=tracer)
         runtime = build_runtime(config, pools, metrics)
         app[RUNTIME] = slot = RuntimeSlot(runtime)
         if runtime.authenticator is not None:
@@ -202,6 +204,8 @@ def build_app(
         await pools.idp.close()
         if shared is not None:
             await shared.close()
+        if tracer is not None:
+            await tracer.close()  # the spans still queued are exported
 
     app.cleanup_ctx.append(sessions)
     app[WEBSOCKETS] = websockets = WebSocketHub(metrics, config.shutdown_grace).attach(app)

@@ -65,6 +65,15 @@ class ForwardAuth:
     original: str = "headers"
 
 
+@dataclass(frozen=True, slots=True)
+class TracingSettings:
+    """OpenTelemetry traces, exported over OTLP/HTTP (gateway/tracing.py). Present only when tracing is on."""
+
+    endpoint: str = "http://localhost:4318/v1/traces"  # the OTLP/HTTP traces URL
+    service_name: str = "zitadel-gateway"
+    sampling_ratio: float = 1.0  # of the traces that start here; a client's sampled flag is followed (parent-based)
+
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "text")
 
@@ -190,6 +199,7 @@ class Config:
     workers: int = 1
     forward_auth: ForwardAuth | None = None  # None: off
     websocket: WebSocketSettings = WebSocketSettings()
+    tracing: TracingSettings | None = None  # None: off
 
     def __post_init__(self) -> None:
         # Frozen all the way down: a plain dict here could be changed by anyone holding the config.
@@ -384,9 +394,11 @@ _TOP = frozenset(
         "workers",
         "forward_auth",
         "websocket",
+        "tracing",
     }
 )
 _WEBSOCKET = frozenset({"recheck_seconds", "idle_timeout_seconds", "max_message_bytes", "max_lifetime_seconds"})
+_TRACING = frozenset({"enabled", "endpoint", "service_name", "sampling_ratio"})
 _LISTEN = frozenset({"host", "port"})
 _FORWARD_AUTH = frozenset({"host", "port", "original"})
 _LOGGING = frozenset({"level", "format"})
@@ -486,6 +498,33 @@ def _forward_auth(c: _Checker, node: Any, listen: Listen, admin: Admin) -> Forwa
         if forward_auth.port == port:
             c.fail("forward_auth.port", f"must differ from {other} ({port})")
     return forward_auth
+
+
+def _tracing(c: _Checker, node: Any) -> TracingSettings | None:
+    """Off unless `enabled`. Unset keys come from the standard variables (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else
+    OTEL_EXPORTER_OTLP_ENDPOINT + /v1/traces; OTEL_SERVICE_NAME; OTEL_TRACES_SAMPLER_ARG with a ratio sampler);
+    OTEL_SDK_DISABLED=true turns tracing off. The SDK reads the others itself (OTEL_EXPORTER_OTLP_HEADERS, ...)."""
+    m = c.mapping(node, "tracing", _TRACING)
+    env = c.env
+    if not c.boolean(m, "enabled", "tracing", False) or env.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return None
+    default = TracingSettings()
+    endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or (
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"].rstrip("/") + "/v1/traces"
+        if env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        else default.endpoint
+    )
+    ratio = default.sampling_ratio
+    if env.get("OTEL_TRACES_SAMPLER", "") in ("traceidratio", "parentbased_traceidratio"):
+        ratio = c.number({"ratio": env.get("OTEL_TRACES_SAMPLER_ARG", "1")}, "ratio", "OTEL_TRACES_SAMPLER_ARG", 1.0)
+    ratio = c.number(m, "sampling_ratio", "tracing", ratio)
+    if ratio > 1:
+        c.fail("tracing.sampling_ratio", f"expected a number from 0 to 1, got {ratio:g}")
+    return TracingSettings(
+        endpoint=c.url(c.string(m, "endpoint", "tracing", endpoint), "tracing.endpoint") or endpoint,
+        service_name=c.string(m, "service_name", "tracing") or env.get("OTEL_SERVICE_NAME") or default.service_name,
+        sampling_ratio=min(ratio, 1.0),
+    )
 
 
 def _one_of(c: _Checker, m: dict[str, Any], key: str, path: str, choices: tuple[str, ...], default: str) -> str:
@@ -825,6 +864,7 @@ def parse_config(document: Any, *, source: str, env: Mapping[str, str]) -> Confi
     workers = c.integer(doc, "workers", "", 1, 1, 256)
     forward_auth = _forward_auth(c, doc.get("forward_auth"), listen, admin)
     websocket = _websocket(c, doc.get("websocket"))
+    tracing = _tracing(c, doc.get("tracing"))
     if c.problems:
         raise ConfigError(c.problems)
     return Config(
@@ -843,6 +883,7 @@ def parse_config(document: Any, *, source: str, env: Mapping[str, str]) -> Confi
         workers=workers,
         forward_auth=forward_auth,
         websocket=websocket,
+        tracing=tracing,
     )
 
 

@@ -36,6 +36,7 @@ from .headers import identity_headers, valid_host
 from .logs import token_hash
 from .method_override import query_overrides_method
 from .rules import Access, PathError, Route, canonical_path, missing_roles, resolve_route, split_target
+from .tracing import RequestSpan, introspection
 
 Headers = CIMultiDictProxy[str] | MultiMapping[str]
 NO_IDENTITY: Mapping[str, str] = MappingProxyType({})
@@ -105,6 +106,7 @@ class Trace:
     # not allow): the gateway owns them, and an upstream's own never pass.
     cors_headers: tuple[tuple[str, str], ...] | None = None
     upstream_seconds: float | None = None
+    span: RequestSpan | None = None  # the request's place in its trace, when tracing is on
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,10 +215,13 @@ class Decider:
         if principal is None:
             # Only a new IdP call counts against the client's budget; sharing one under way, or a JWT verified
             # here, costs the IdP nothing.
-            asks_idp = authenticator is self.authenticator and not authenticator.pending(token)
+            shared = authenticator.pending(token)
+            asks_idp = authenticator is self.authenticator and not shared
             admit = self.budget.checking(inbound.client) if asks_idp else contextlib.nullcontext()
-            with admit:
+            with admit, introspection(trace.span, "coalesced" if shared else "miss"):
                 principal = await authenticator.authenticate(token)
+        elif trace.span is not None:
+            trace.span.instant("introspection", {"gateway.cache": "hit"})
         trace.principal = principal
         org = route.org_of(path)  # roles per organisation: only those granted in the one the path names
         lacking = missing_roles(route.policy, principal.roles_in(org))

@@ -99,6 +99,8 @@ async def handle_forward_auth(runtime: Runtime, request: web.BaseRequest) -> web
     started = time.perf_counter()
     trace = Trace(request_id(client_request_id(request)))
     method = request.method
+    if runtime.tracer is not None:
+        trace.span = runtime.tracer.server_span(method, request.headers, request.scheme, request.remote or "")
     runtime.metrics.request_started()
     try:
         inbound = original_request(runtime.config, request)

@@ -22,6 +22,7 @@ from .client_auth import ClientAuth, JwtProfile, SecretBasic, basic_authorizatio
 from .config import IdPConfig
 from .errors import IdPBusy, IdPUnavailable, InvalidToken
 from .metrics import Metrics
+from .tracing import end_call, start_call
 
 log = logging.getLogger("gateway.introspection")
 
@@ -209,6 +210,7 @@ class Introspector:
     async def _timed(self, endpoint: str, token: str) -> Principal:
         started = time.perf_counter()
         outcome = "error"
+        call = start_call("idp introspection", "POST", endpoint)  # None unless the request's trace is sampled
         try:
             principal = await self._introspect(endpoint, token)
             outcome = "active"
@@ -219,6 +221,7 @@ class Introspector:
         finally:
             self._outcomes[outcome].inc()
             self._metrics.introspection_seconds.observe(time.perf_counter() - started)
+            end_call(call, outcome)
 
     async def _introspect(self, endpoint: str, token: str) -> Principal:
         form = {"token": token, "token_type_hint": "access_token"}

@@ -285,4 +285,11 @@ def effective_config(config: Config) -> dict[str, Any]:
         "logging": {"level": config.logging.level, "format": config.logging.format},
         "reload": {"watch": config.reload.watch, "poll_seconds": config.reload.poll_seconds},
         "shutdown_grace_seconds": config.shutdown_grace,
+        "tracing": None
+        if config.tracing is None
+        else {
+            "endpoint": _without_userinfo(config.tracing.endpoint),
+            "service_name": config.tracing.service_name,
+            "sampling_ratio": config.tracing.sampling_ratio,
+        },
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -29,6 +30,7 @@ from .metrics import Metrics
 from .proxy import forward
 from .request_shape import HTTP_11, refuse_body, refuse_malformed
 from .rules import Route
+from .tracing import Tracer, end_exchange
 from .upstream_client import UpstreamClient
 
 access_log = logging.getLogger("gateway.access")
@@ -53,6 +55,7 @@ class Runtime:
     metrics: Metrics
     introspector: Introspector | None = None  # for readiness: has the IdP's discovery document been fetched?
     dispatch: TokenDispatch | None = None  # idp.access_tokens jwt/auto: which check answers for a token
+    tracer: Tracer | None = None  # None: tracing off
     decider: Decider = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -132,6 +135,8 @@ async def handle(runtime: Runtime, request: web.BaseRequest) -> web.StreamRespon
     host = request.headers.get("Host")
     # Who the client is (the peer, or what trusted proxies say): for the upstream, and for its token budget.
     forwarded = forwarded_for(request.remote or "", request.scheme, host, request.headers, config.trusted_proxies)
+    if runtime.tracer is not None:
+        trace.span = runtime.tracer.server_span(request.method, request.headers, request.scheme, forwarded.client_ip)
     try:
         try:
             refuse_malformed(request)  # the request line's version, the framing, Host: before anything is decided
@@ -157,6 +162,7 @@ async def handle(runtime: Runtime, request: web.BaseRequest) -> web.StreamRespon
         if decision.token is not None and route.pass_authorization:
             headers["Authorization"] = f"Bearer {decision.token}"  # the token we checked, whichever way it came
         headers[REQUEST_ID_HEADER] = trace.request_id
+        exchange = trace.span.upstream(request.method, upstream.url, decision.path, headers) if trace.span else None
         forwarding = time.perf_counter()
         try:
             response = await forward(
@@ -176,6 +182,9 @@ async def handle(runtime: Runtime, request: web.BaseRequest) -> web.StreamRespon
         finally:
             # The whole exchange with the upstream: to the last byte relayed when the body is streamed.
             trace.upstream_seconds = time.perf_counter() - forwarding
+            if exchange is not None:
+                failure = sys.exc_info()[1]
+                end_exchange(exchange, None if failure else response.status, failure)
     except GatewayError as exc:
         decision_label = "deny" if exc.status < 499 else "error"  # 499: the client went away, nothing was decided
         record(runtime, request.method, trace, exc.status, decision_label, exc.reason, started)
@@ -227,5 +236,7 @@ def record(
         "upstream_ms": _milliseconds(trace.upstream_seconds),
         "total_ms": _milliseconds(elapsed),
     }
+    if trace.span is not None:
+        fields["trace_id"] = trace.span.finish(route, trace.path, status, decision, reason, mode)
     if access_log.isEnabledFor(logging.INFO):
         log_access(access_log, _ACCESS_MESSAGE, (method, trace.path, status, decision), fields)

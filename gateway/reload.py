@@ -33,6 +33,7 @@ from .introspection import Introspector
 from .jwt_tokens import token_dispatch
 from .metrics import Metrics
 from .pipeline import Runtime
+from .tracing import Tracer
 from .upstream_client import UpstreamClient
 
 log = logging.getLogger("gateway.reload")
@@ -72,6 +73,7 @@ class Sessions:
     upstream: UpstreamClient
     idp: aiohttp.ClientSession
     shared: SharedStore | None = None
+    tracer: Tracer | None = None  # made at start from `tracing`: it applies at the next start, like `listen`
 
 
 def build_runtime(config: Config, sessions: Sessions, metrics: Metrics, previous: Runtime | None = None) -> Runtime:
@@ -103,6 +105,7 @@ def build_runtime(config: Config, sessions: Sessions, metrics: Metrics, previous
             metrics,
             (previous.config, previous.dispatch) if previous is not None else None,
         ),
+        tracer=sessions.tracer,
     )
 
 
