@@ -7,6 +7,7 @@ Secrets (the client secret) are read from the environment only, never from the Y
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -22,6 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from dotenv import dotenv_values
 
+from .claims import NO_CLAIMS, ClaimSelection
+from .config_identity import NO_IDENTITY_SETTINGS, IdentitySettings, identity_section, route_header_map, with_names
 from .config_idp import TOKEN_KEYS, TokenSettings, token_settings
 from .rules import Access, Cors, PathPattern, Policy, Route, org_scope_problem, valid_method
 
@@ -110,6 +113,7 @@ class IdPConfig:
     breaker_failures: int = 5  # consecutive failures that open the circuit breaker (0: never)
     breaker_cooldown: float = 5.0  # seconds of instant 503s before one probe call is let through
     tokens: TokenSettings = field(default_factory=TokenSettings)  # token modes, JWT audience, JWKS, claims
+    keep: ClaimSelection = NO_CLAIMS  # the claims `identity.headers` maps: kept (and cached) with a principal
 
     @property
     def host_header(self) -> str | None:
@@ -179,6 +183,7 @@ class Config:
     cache: CacheConfig = CacheConfig()
     workers: int = 1
     forward_auth: ForwardAuth | None = None  # None: off
+    identity: IdentitySettings = NO_IDENTITY_SETTINGS  # claims to headers, and the signed assertion
 
     def __post_init__(self) -> None:
         # Frozen all the way down: a plain dict here could be changed by anyone holding the config.
@@ -372,6 +377,7 @@ _TOP = frozenset(
         "cache",
         "workers",
         "forward_auth",
+        "identity",
     }
 )
 _LISTEN = frozenset({"host", "port"})
@@ -412,6 +418,7 @@ _ROUTE = frozenset(
         "forward_unchecked_credentials",
         "introspect",
         "delete_body",
+        "identity_headers",
     }
 )
 _CORS = frozenset(
@@ -702,7 +709,9 @@ def _delete_body(c: _Checker, m: dict[str, Any], path: str, methods: frozenset[s
     return allowed
 
 
-def _routes(c: _Checker, node: Any, upstreams: Mapping[str, Upstream]) -> list[Route]:
+def _routes(
+    c: _Checker, node: Any, upstreams: Mapping[str, Upstream], identity: IdentitySettings = NO_IDENTITY_SETTINGS
+) -> list[Route]:
     if not isinstance(node, list) or not node:
         c.fail("routes", "expected a non-empty list of routes")
         return []
@@ -762,6 +771,7 @@ def _routes(c: _Checker, node: Any, upstreams: Mapping[str, Upstream]) -> list[R
                 forward_unchecked_credentials=forward_unchecked,
                 introspect_always=_introspect(c, m, path),
                 delete_body=_delete_body(c, m, path, methods),
+                identity_headers=route_header_map(c, m, path, identity),
             )
         )
     return routes
@@ -783,17 +793,23 @@ def parse_config(document: Any, *, source: str, env: Mapping[str, str]) -> Confi
     c.mapping(doc, "", _TOP)
     listen = _listen(c, doc.get("listen"))
     upstreams = _upstreams(c, doc.get("upstreams"))
-    routes = _routes(c, doc.get("routes"), upstreams)
+    cache = _cache(c, doc.get("cache"))
+    workers = c.integer(doc, "workers", "", 1, 1, 256)
+    identity = identity_section(c, doc.get("identity"), workers=workers, cache_backend=cache.backend)
+    routes = _routes(c, doc.get("routes"), upstreams, identity)
+    identity = with_names(identity, [r.identity_headers for r in routes])
     needs_idp = any(r.policy.access is not Access.PUBLIC for r in routes)
     idp = _idp(c, doc.get("idp"), needs_idp)
+    if idp is not None:
+        # Only the claims some route maps are kept with a principal (and in the cache), in a stable order.
+        paths = sorted({p for r in routes for p in r.identity_headers.paths} | set(identity.headers.paths))
+        idp = dataclasses.replace(idp, keep=ClaimSelection(tuple(paths), identity.headers.max_bytes))
     admin = _admin(c, doc.get("admin"), listen)
     log_settings = _logging(c, doc.get("logging"))
     reload = _reload(c, doc.get("reload"))
     grace = c.number(doc, "shutdown_grace_seconds", "", 30.0) if isinstance(doc, dict) else 30.0
     limits = _limits(c, doc.get("limits"))
     trusted = _trusted_proxies(c, doc.get("trusted_proxies"))
-    cache = _cache(c, doc.get("cache"))
-    workers = c.integer(doc, "workers", "", 1, 1, 256)
     forward_auth = _forward_auth(c, doc.get("forward_auth"), listen, admin)
     if c.problems:
         raise ConfigError(c.problems)
@@ -812,6 +828,7 @@ def parse_config(document: Any, *, source: str, env: Mapping[str, str]) -> Confi
         cache=cache,
         workers=workers,
         forward_auth=forward_auth,
+        identity=identity,
     )
 
 
