@@ -7,13 +7,16 @@ import json
 import logging
 from typing import Any
 
+import jwt
 import pytest
 
 from gateway.claims import ClaimSelection, Principal, principal_from_claims
 from gateway.config import Config, ConfigError, parse_config
 from gateway.identity import header_text, identity_of, mapped_claims
 from gateway.identity_map import ClaimMapping, HeaderMap
+from gateway.jwt_tokens import JwtRules, verify_jwt
 from gateway.redis_store import dump_answer, load_answer
+from tests.signing_idp import PROJECT_ID, SigningIdP, new_key
 from tests.support import ENV, gateway_document
 
 ORG_ID = "urn:zitadel:iam:user:resourceowner:id"
@@ -197,3 +200,13 @@ def test_the_kept_claims_survive_the_shared_cache() -> None:
     assert load_answer(dump_answer(principal)) == principal
     bare = Principal(subject="s", roles=frozenset())
     assert json.loads(dump_answer(bare))["v"] == 2  # nothing mapped: entries processes of before can read
+
+
+def test_a_locally_verified_jwt_keeps_the_mapped_claims_too() -> None:
+    key = new_key("ES256")
+    idp = SigningIdP(issuer="https://z.example", keys=[key])
+    token = idp.sign(extra={"email": "a@example.com", "noise": "n" * 500})
+    keep = ClaimSelection((("email",),), 1024)
+    rules = JwtRules("https://z.example", (PROJECT_ID,), 5.0, PROJECT_ID, keep=keep)
+    principal = verify_jwt(token, jwt.PyJWK(key.jwk()), "ES256", rules)
+    assert principal.claims == ((("email",), '"a@example.com"'),)

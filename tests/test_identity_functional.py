@@ -7,11 +7,12 @@ import asyncio
 import base64
 from typing import Any
 
+import jwt
 import pytest
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient, AiohttpRawServer
 
-from gateway.app import FORWARD_AUTH, INTROSPECTOR, build_app
+from gateway.app import FORWARD_AUTH, INTROSPECTOR, RUNTIME, build_app
 from gateway.config import parse_config
 from gateway.testing import GatewayTestServer
 from tests.conftest import GatewayFactory
@@ -113,7 +114,7 @@ async def test_forward_auth_sends_every_mapped_name_and_refuses_underscore_copie
 ) -> None:
     document: dict[str, Any] = gateway_document(issuer=idp.issuer, upstream_url=upstream_url)
     document["forward_auth"] = {"host": "127.0.0.1", "port": 9999}
-    document["identity"] = IDENTITY
+    document["identity"] = {**IDENTITY, "assertion": {"issuer": "gateway.test"}}  # one process: a generated key
     config = parse_config(document, source="test.yaml", env=ENV)
     proxy: TestClient[Any, Any] = await aiohttp_client(GatewayTestServer(build_app(config)))
     for _ in range(100):
@@ -126,9 +127,16 @@ async def test_forward_auth_sends_every_mapped_name_and_refuses_underscore_copie
     assert resp.status == 200
     assert resp.headers["X-User-Email"] == "reader@example.com"
     assert resp.headers["X-User-Department"] == "sales"
+    signer = proxy.app[RUNTIME].current.signer
+    assert signer is not None
+    claims = jwt.decode(
+        resp.headers["X-Auth-Assertion"], jwt.PyJWK(signer.keys[0].public_jwk), algorithms=["ES256"], audience="default"
+    )
+    assert claims["sub"] == "259242039378444290" and claims["request_id"] == resp.headers["X-Request-Id"]
     public = await ask.get("/", headers={**asking, "X-Forwarded-Uri": "/api/public"})
     assert public.status == 200
     assert public.headers["X-User-Email"] == ""  # empty: an ingress copying it replaces a client's copy
+    assert public.headers["X-Auth-Assertion"] == ""
     assert ask.port is not None
     forged = request("/", f"Authorization: Bearer {TOKEN}", "X-Forwarded-Method: GET", "X-Forwarded-Uri: /api/private")
     answer = await send(ask.port, forged.replace(b"Connection", b"X_User_Email: forged@evil\r\nConnection"))
