@@ -66,7 +66,8 @@ def _refuse_forged_identity(runtime: Runtime, request: web.BaseRequest) -> None:
     send one, so the request is refused. Names spelled with `-` are overwritten by every recipe."""
     for name in request.headers:
         if "_" in name and (
-            normalised_name(name).startswith(IDENTITY_PREFIX) or normalised_name(name) in runtime.dropped
+            normalised_name(name).startswith(IDENTITY_PREFIX)
+            or normalised_name(name) in {normalised_name(n) for n in runtime.config.identity.names}
         ):
             raise BadRequest("the request carries an identity header the gateway sets itself")
 
