@@ -113,6 +113,10 @@ def route_header_map(c: _Checker, m: dict[str, Any], path: str, identity: Identi
     if node is False:
         return HeaderMap((), identity.headers.max_bytes)
     added = header_mappings(c, node, f"{path}.identity_headers")
+    if identity.assertion is not None:
+        for mapping in added:
+            if normalised_name(mapping.header) == normalised_name(identity.assertion.header):
+                c.fail(f"{path}.identity_headers.{mapping.header}", "is the assertion's header")
     names = {normalised_name(a.header) for a in added}
     kept = tuple(g for g in identity.headers.mappings if normalised_name(g.header) not in names)
     return HeaderMap(kept + added, identity.headers.max_bytes)

@@ -208,6 +208,19 @@ def test_a_generated_key_is_refused_where_processes_would_disagree(more: dict[st
     assert expected in str(caught.value)
 
 
+def test_no_mapping_may_take_the_assertions_header() -> None:
+    routes = [{"path": "/x", "policy": "authenticated", "identity_headers": {"x-auth-assertion": "email"}}]
+    identity = {"headers": {"X-Identity": "email"}, "assertion": {"issuer": "g", "header": "X-Identity"}}
+    document = {**_document(identity), "routes": routes}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(document, source="c.yaml", env=ENV)
+    assert "identity.headers.X-Identity: is the assertion's header" in str(caught.value)
+    identity = {"assertion": {"issuer": "g"}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config({**_document(identity), "routes": routes}, source="c.yaml", env=ENV)
+    assert "routes[0].identity_headers.x-auth-assertion: is the assertion's header" in str(caught.value)
+
+
 def test_one_process_may_generate_its_key() -> None:
     config = parse_config(_document({"assertion": {"issuer": "g"}}), source="c.yaml", env=ENV)
     assert config.identity.assertion is not None and config.identity.assertion.keys == ()
