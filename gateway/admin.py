@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .app import METRICS, RUNTIME
+from .pipeline import JWKS_HEADERS
 
 _NO_STORE = {"Cache-Control": "no-store"}
 
@@ -41,6 +42,14 @@ def build_admin_app(gateway: web.Application, stopping: Callable[[], bool] = lam
         ready, why = readiness(gateway, stopping())
         return web.json_response({"status": why}, status=200 if ready else 503, headers=_NO_STORE)
 
+    async def jwks(_: web.Request) -> web.Response:
+        """identity.assertion's public keys: what a backend checks an assertion against (404 when it is off)."""
+        slot = gateway.get(RUNTIME)
+        signer = slot.current.signer if slot is not None else None
+        if signer is None:
+            raise web.HTTPNotFound()
+        return web.Response(body=signer.jwks, headers=JWKS_HEADERS)
+
     async def metrics(_: web.Request) -> web.Response:
         body = generate_latest(gateway[METRICS].registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, **_NO_STORE})
@@ -49,4 +58,5 @@ def build_admin_app(gateway: web.Application, stopping: Callable[[], bool] = lam
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/.well-known/jwks.json", jwks)
     return app

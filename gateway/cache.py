@@ -44,13 +44,15 @@ class SharedStore(Protocol):
     async def release(self, key: bytes) -> None: ...
 
 
-def cache_key_prefix(issuer: str, client_id: str, project_id: str | None) -> hashlib._Hash:
+def cache_key_prefix(issuer: str, client_id: str, project_id: str | None, kept: object = ()) -> hashlib._Hash:
     """The hash state every key starts from: the same token at another IdP, client or project is another entry.
 
     The issuer stands for its introspection endpoint (discovered from it, or configured beside it), so that
-    processes that discover and processes that are told the endpoint share entries.
+    processes that discover and processes that are told the endpoint share entries. `kept`: the claims a
+    principal keeps (ClaimSelection); processes that map other claims do not share entries.
     """
-    return hashlib.sha256(f"{issuer}\0{client_id}\0{project_id or ''}\0".encode())
+    extra = f"{kept}\0" if kept else ""  # nothing mapped: the keys of before, so a shared cache stays warm
+    return hashlib.sha256(f"{issuer}\0{client_id}\0{project_id or ''}\0{extra}".encode())
 
 
 class LocalCache:

@@ -7,17 +7,72 @@ without `sub` the principal is the client (`client_id`), as for client-credentia
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .identity_map import ClaimPath
 from .rules import roles_in_org
+
+log = logging.getLogger("gateway.identity")
 
 ROLES_CLAIM = "urn:zitadel:iam:org:project:roles"
 ORG_ID_CLAIM = "urn:zitadel:iam:user:resourceowner:id"
 # The members RFC 7662 §2.2 makes optional; `idp.required_claims` may require any of them.
 OPTIONAL_CLAIMS = ("sub", "iss", "exp", "client_id", "username", "scope")
+
+
+# What a principal keeps of the IdP's answer beyond what rules use: (path, the value as compact JSON), sorted.
+KeptClaims = tuple[tuple[ClaimPath, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimSelection:
+    """The claims some `identity.headers` mapping reads: only those are kept (and cached) with a principal, each
+    at most `max_bytes` of JSON, so a cache entry never grows with what else the IdP puts in its answer."""
+
+    paths: tuple[ClaimPath, ...] = ()
+    max_bytes: int = 1024
+
+
+def claim_name(path: ClaimPath) -> str:
+    """How a path is named in logs and errors: the keys as a JSON list (a key may hold any character)."""
+    return path[0] if len(path) == 1 else json.dumps(list(path), ensure_ascii=True)
+
+
+def claim_at(body: Mapping[str, Any], path: ClaimPath) -> Any:
+    """The value at `path` (None when a key is absent or a level is not an object)."""
+    node: Any = body
+    for key in path:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(key)
+    return node
+
+
+def kept_claims(body: Mapping[str, Any], selection: ClaimSelection) -> KeptClaims:
+    """The selected claims as compact JSON. A value over the bound is left out, logged by claim name only."""
+    kept: list[tuple[ClaimPath, str]] = []
+    for path in selection.paths:
+        value = claim_at(body, path)
+        if value is None:
+            continue
+        try:
+            text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        except ValueError:  # a non-finite number: no JSON, no header
+            log.warning("claim %s left out: not representable as JSON", claim_name(path))
+            continue
+        if len(text.encode()) > selection.max_bytes:
+            log.warning("claim %s left out: longer than %d bytes", claim_name(path), selection.max_bytes)
+            continue
+        kept.append((path, text))
+    return tuple(sorted(kept))
+
+
+NO_CLAIMS = ClaimSelection()
 
 
 class BadClaim(ValueError):
@@ -38,6 +93,7 @@ class Principal:
     scope: str = ""
     expires_at: float | None = None
     grants: frozenset[tuple[str, str]] = frozenset()  # (role, organisation id): where each role is granted
+    claims: KeptClaims = ()  # the claims `identity.headers` maps, and nothing else (ClaimSelection)
 
     def roles_in(self, org: str | None) -> frozenset[str]:
         """The roles that count for a rule: all of them, or those granted in organisation `org`."""
@@ -85,7 +141,11 @@ def _grants(claim: Any) -> tuple[set[str], set[tuple[str, str]]]:
 
 
 def principal_from_claims(
-    body: Mapping[str, Any], *, project_id: str | None, required: Collection[str] = ()
+    body: Mapping[str, Any],
+    *,
+    project_id: str | None,
+    required: Collection[str] = (),
+    keep: ClaimSelection | None = None,
 ) -> Principal:
     """The principal of claims whose validity (active, exp, nbf, iss, signature) the caller has checked.
 
@@ -113,4 +173,5 @@ def principal_from_claims(
         scope=scope if isinstance(scope, str) else "",
         expires_at=number(body, "exp"),
         grants=frozenset(grants),
+        claims=kept_claims(body, keep) if keep is not None and keep.paths else (),
     )

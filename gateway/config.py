@@ -7,6 +7,7 @@ Secrets (the client secret) are read from the environment only, never from the Y
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -22,6 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from dotenv import dotenv_values
 
+from .claims import NO_CLAIMS, ClaimSelection
+from .config_identity import NO_IDENTITY_SETTINGS, IdentitySettings, identity_section, route_header_map, with_names
 from .config_idp import TOKEN_KEYS, TokenSettings, token_settings
 from .rules import Access, Cors, PathPattern, Policy, Route, org_scope_problem, valid_method
 
@@ -119,6 +122,7 @@ class IdPConfig:
     breaker_failures: int = 5  # consecutive failures that open the circuit breaker (0: never)
     breaker_cooldown: float = 5.0  # seconds of instant 503s before one probe call is let through
     tokens: TokenSettings = field(default_factory=TokenSettings)  # token modes, JWT audience, JWKS, claims
+    keep: ClaimSelection = NO_CLAIMS  # the claims `identity.headers` maps: kept (and cached) with a principal
 
     @property
     def host_header(self) -> str | None:
@@ -200,6 +204,7 @@ class Config:
     forward_auth: ForwardAuth | None = None  # None: off
     websocket: WebSocketSettings = WebSocketSettings()
     tracing: TracingSettings | None = None  # None: off
+    identity: IdentitySettings = NO_IDENTITY_SETTINGS  # claims to headers, and the signed assertion
 
     def __post_init__(self) -> None:
         # Frozen all the way down: a plain dict here could be changed by anyone holding the config.
@@ -395,6 +400,7 @@ _TOP = frozenset(
         "forward_auth",
         "websocket",
         "tracing",
+        "identity",
     }
 )
 _WEBSOCKET = frozenset({"recheck_seconds", "idle_timeout_seconds", "max_message_bytes", "max_lifetime_seconds"})
@@ -438,6 +444,7 @@ _ROUTE = frozenset(
         "introspect",
         "delete_body",
         "websocket",
+        "identity_headers",
     }
 )
 _CORS = frozenset(
@@ -766,7 +773,9 @@ def _delete_body(c: _Checker, m: dict[str, Any], path: str, methods: frozenset[s
     return allowed
 
 
-def _routes(c: _Checker, node: Any, upstreams: Mapping[str, Upstream]) -> list[Route]:
+def _routes(
+    c: _Checker, node: Any, upstreams: Mapping[str, Upstream], identity: IdentitySettings = NO_IDENTITY_SETTINGS
+) -> list[Route]:
     if not isinstance(node, list) or not node:
         c.fail("routes", "expected a non-empty list of routes")
         return []
@@ -830,6 +839,7 @@ def _routes(c: _Checker, node: Any, upstreams: Mapping[str, Upstream]) -> list[R
                 introspect_always=_introspect(c, m, path),
                 delete_body=_delete_body(c, m, path, methods),
                 websocket=websocket,
+                identity_headers=route_header_map(c, m, path, identity),
             )
         )
     return routes
@@ -851,17 +861,23 @@ def parse_config(document: Any, *, source: str, env: Mapping[str, str]) -> Confi
     c.mapping(doc, "", _TOP)
     listen = _listen(c, doc.get("listen"))
     upstreams = _upstreams(c, doc.get("upstreams"))
-    routes = _routes(c, doc.get("routes"), upstreams)
+    cache = _cache(c, doc.get("cache"))
+    workers = c.integer(doc, "workers", "", 1, 1, 256)
+    identity = identity_section(c, doc.get("identity"), workers=workers, cache_backend=cache.backend)
+    routes = _routes(c, doc.get("routes"), upstreams, identity)
+    identity = with_names(identity, [r.identity_headers for r in routes])
     needs_idp = any(r.policy.access is not Access.PUBLIC for r in routes)
     idp = _idp(c, doc.get("idp"), needs_idp)
+    if idp is not None:
+        # Only the claims some route maps are kept with a principal (and in the cache), in a stable order.
+        paths = sorted({p for r in routes for p in r.identity_headers.paths} | set(identity.headers.paths))
+        idp = dataclasses.replace(idp, keep=ClaimSelection(tuple(paths), identity.headers.max_bytes))
     admin = _admin(c, doc.get("admin"), listen)
     log_settings = _logging(c, doc.get("logging"))
     reload = _reload(c, doc.get("reload"))
     grace = c.number(doc, "shutdown_grace_seconds", "", 30.0) if isinstance(doc, dict) else 30.0
     limits = _limits(c, doc.get("limits"))
     trusted = _trusted_proxies(c, doc.get("trusted_proxies"))
-    cache = _cache(c, doc.get("cache"))
-    workers = c.integer(doc, "workers", "", 1, 1, 256)
     forward_auth = _forward_auth(c, doc.get("forward_auth"), listen, admin)
     websocket = _websocket(c, doc.get("websocket"))
     tracing = _tracing(c, doc.get("tracing"))
@@ -884,6 +900,7 @@ def parse_config(document: Any, *, source: str, env: Mapping[str, str]) -> Confi
         forward_auth=forward_auth,
         websocket=websocket,
         tracing=tracing,
+        identity=identity,
     )
 
 

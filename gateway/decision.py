@@ -11,7 +11,6 @@ canonical path -> match a route -> (CORS preflight) -> Host -> authenticate -> a
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -32,7 +31,8 @@ from .errors import (
     PreflightRejected,
     Unauthenticated,
 )
-from .headers import identity_headers, valid_host
+from .headers import valid_host
+from .identity import identity_of
 from .logs import token_hash
 from .method_override import query_overrides_method
 from .rules import Access, PathError, Route, canonical_path, missing_roles, resolve_route, split_target
@@ -228,7 +228,7 @@ class Decider:
         if lacking is not None:
             where = " in this organisation" if org is not None else ""  # never the ones the token has
             raise InsufficientScope(f"this route requires the role {lacking}{where}", required=lacking)
-        return Decision(path, query, route, principal, token, identity=identity_of(principal))
+        return Decision(path, query, route, principal, token, identity=identity_of(principal, route.identity_headers))
 
     def authenticator_for(self, token: str, route: Route) -> Authenticator:
         """Who checks this token on this route: the JWT verifier or introspection (both behind a cache)."""
@@ -252,17 +252,3 @@ class Decider:
 def upstream_target(path: str, query: str | None) -> str:
     """The canonical path and the client's query string byte for byte; nothing is re-quoted."""
     return path if query is None else f"{path}?{query}"
-
-
-@functools.lru_cache(maxsize=4096)
-def identity_of(principal: Principal) -> Mapping[str, str]:
-    """The identity headers of a principal, built once per cached principal; read-only, as it is shared."""
-    return MappingProxyType(
-        identity_headers(
-            subject=principal.subject,
-            username=principal.username,
-            roles=principal.roles,
-            client_id=principal.client_id,
-            org_id=principal.org_id,
-        )
-    )

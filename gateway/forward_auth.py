@@ -60,19 +60,28 @@ def original_request(config: Config, request: web.BaseRequest) -> Inbound:
     return Inbound(method, target, request.headers, hosts[0] if hosts else None, client.client_ip)
 
 
-def _refuse_forged_identity(request: web.BaseRequest) -> None:
+def _refuse_forged_identity(runtime: Runtime, request: web.BaseRequest) -> None:
     """An identity header spelled with `_` cannot be overwritten by the ingress (Caddy, Traefik and Envoy pass such
     names through; WSGI and CGI backends read `X_Auth_Subject` as `X-Auth-Subject`). No client has a reason to
     send one, so the request is refused. Names spelled with `-` are overwritten by every recipe."""
     for name in request.headers:
-        if "_" in name and normalised_name(name).startswith(IDENTITY_PREFIX):
+        if "_" in name and (
+            normalised_name(name).startswith(IDENTITY_PREFIX)
+            or normalised_name(name) in {normalised_name(n) for n in runtime.config.identity.names}
+        ):
             raise BadRequest("the request carries an identity header the gateway sets itself")
 
 
-def allow_headers(runtime: Runtime, decision: Decision) -> CIMultiDict[str]:
+def allow_headers(runtime: Runtime, decision: Decision, request_id: str = "-") -> CIMultiDict[str]:
     """Every identity header name, empty where the principal has no value: an ingress copies each name it is told
     to, and an empty value replaces (nginx: removes) whatever the client sent under that name."""
-    headers: CIMultiDict[str] = CIMultiDict((name, decision.identity.get(name, "")) for name in IDENTITY_HEADERS)
+    names = (*IDENTITY_HEADERS, *runtime.config.identity.names)  # the mapped ones and the assertion's too
+    headers: CIMultiDict[str] = CIMultiDict((name, decision.identity.get(name, "")) for name in names)
+    signer = runtime.signer
+    if signer is not None and decision.principal is not None:
+        headers[signer.header] = signer.assertion(
+            decision.principal, decision.route.identity_headers, decision.route.upstream, request_id
+        )
     seconds = _keep_for(runtime, decision)
     if seconds > 0:
         # nginx's cache honours X-Accel-Expires (Cache-Control `private` alone would stop it); a shared cache that
@@ -105,7 +114,7 @@ async def handle_forward_auth(runtime: Runtime, request: web.BaseRequest) -> web
     try:
         inbound = original_request(runtime.config, request)
         method = inbound.method
-        _refuse_forged_identity(request)
+        _refuse_forged_identity(runtime, request)
         decision = await runtime.decider.decide(inbound, trace, exact=True)
     except asyncio.CancelledError:
         record(runtime, method, trace, 499, "error", "aborted", started, mode="forward_auth")
@@ -119,7 +128,7 @@ async def handle_forward_auth(runtime: Runtime, request: web.BaseRequest) -> web
         # A CORS preflight the route allows is allowed through: the ingress forwards it and the backend answers it.
         label = "preflight" if decision.preflight is not None else "allow"
         record(runtime, method, trace, 200, label, "ok", started, mode="forward_auth")
-        response = web.Response(status=200, headers=allow_headers(runtime, decision))
+        response = web.Response(status=200, headers=allow_headers(runtime, decision, trace.request_id))
     finally:
         runtime.metrics.request_ended()
     response.headers[REQUEST_ID_HEADER] = trace.request_id

@@ -101,6 +101,25 @@ def method_override_name(name: str) -> bool:
     return any(n.lower().translate(_PHP_NAME_FOLD) in METHOD_OVERRIDE_FIELDS for n in (name, base))
 
 
+# Headers a claim mapping may not name: the gateway sets or removes them itself, or they frame the message.
+_NOT_MAPPABLE = frozenset({"authorization", "cookie", "content-length", "content-type", "content-encoding"})
+
+
+def gateway_owned(norm: str) -> bool:
+    """Whether a (normalised) header name is one the gateway sets or removes, so no claim may be mapped to it."""
+    return (
+        norm in _DROPPED_FROM_REQUEST
+        or norm in _NOT_MAPPABLE
+        or norm == "x-request-id"
+        or norm.startswith(_FORWARDED_PREFIX)
+    )
+
+
+def dropped_request_headers(names: Iterable[str]) -> frozenset[str]:
+    """The request headers never relayed from a client, with these too (the mapped names: built once per config)."""
+    return _DROPPED_FROM_REQUEST | {normalised_name(name) for name in names}
+
+
 def is_identity_header(name: str) -> bool:
     return normalised_name(name).startswith(IDENTITY_PREFIX)
 
@@ -204,8 +223,10 @@ def upstream_request_headers(
     identity: Mapping[str, str],
     forwarded: ForwardedFor,
     pass_authorization: bool,
+    dropped: frozenset[str] = _DROPPED_FROM_REQUEST,
 ) -> CIMultiDict[str]:
-    drop = connection_tokens(client, _DROPPED_FROM_REQUEST)
+    """`dropped`: dropped_request_headers() of the names claim mappings and the assertion set."""
+    drop = connection_tokens(client, dropped)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in client.items():
         norm = normalised_name(name)

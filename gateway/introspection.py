@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from .breaker import CircuitBreaker
-from .claims import BadClaim, MissingClaim, Principal, number, principal_from_claims
+from .claims import BadClaim, ClaimSelection, MissingClaim, Principal, number, principal_from_claims
 from .client_auth import ClientAuth, JwtProfile, SecretBasic, basic_authorization
 from .config import IdPConfig
 from .errors import IdPBusy, IdPUnavailable, InvalidToken
@@ -48,7 +48,14 @@ class Authenticator(Protocol):
 
 
 def parse_introspection(
-    body: Any, *, issuer: str, project_id: str | None, now: float, leeway: float, required: Collection[str] = ()
+    body: Any,
+    *,
+    issuer: str,
+    project_id: str | None,
+    now: float,
+    leeway: float,
+    required: Collection[str] = (),
+    keep: ClaimSelection | None = None,
 ) -> Principal:
     """Turn an introspection answer into a Principal, or raise InvalidToken / MalformedAnswer.
 
@@ -69,7 +76,7 @@ def parse_introspection(
         iss = body.get("iss")
         if iss is not None and (not isinstance(iss, str) or iss.rstrip("/") != issuer.rstrip("/")):
             raise InvalidToken(reason="issuer mismatch")
-        return principal_from_claims(body, project_id=project_id, required=required)
+        return principal_from_claims(body, project_id=project_id, required=required, keep=keep)
     except BadClaim as exc:
         raise MalformedAnswer(f"introspection {exc}") from exc
     except MissingClaim as exc:
@@ -268,6 +275,7 @@ class Introspector:
                 now=time.time(),
                 leeway=self._config.clock_leeway,
                 required=self._config.tokens.required_claims,
+                keep=self._config.keep,
             )
         except MalformedAnswer as exc:
             log.warning("%s", exc)

@@ -21,7 +21,7 @@ import aiohttp
 import jwt
 
 from .cache import CachingAuthenticator
-from .claims import BadClaim, MissingClaim, Principal, principal_from_claims
+from .claims import NO_CLAIMS, BadClaim, ClaimSelection, MissingClaim, Principal, principal_from_claims
 from .config import CacheConfig, Config, IdPConfig
 from .errors import InvalidToken
 from .jwks import ALLOWED_ALGORITHMS, Jwks
@@ -39,11 +39,14 @@ class JwtRules:
     leeway: float
     project_id: str | None
     required: tuple[str, ...] = ()
+    keep: ClaimSelection = NO_CLAIMS
 
     @classmethod
     def of(cls, idp: IdPConfig) -> JwtRules:
         audiences = set(idp.tokens.audience) | ({idp.project_id} if idp.project_id else set())
-        return cls(idp.issuer, tuple(sorted(audiences)), idp.clock_leeway, idp.project_id, idp.tokens.required_claims)
+        return cls(
+            idp.issuer, tuple(sorted(audiences)), idp.clock_leeway, idp.project_id, idp.tokens.required_claims, idp.keep
+        )
 
 
 def jws_header(token: str) -> Mapping[str, Any]:
@@ -89,7 +92,7 @@ def verify_jwt(token: str, key: jwt.PyJWK, alg: str, rules: JwtRules) -> Princip
         description = "the access token has expired" if reason == "expired" else None
         raise InvalidToken(description, reason=reason) from exc
     try:
-        return principal_from_claims(claims, project_id=rules.project_id, required=rules.required)
+        return principal_from_claims(claims, project_id=rules.project_id, required=rules.required, keep=rules.keep)
     except (BadClaim, MissingClaim) as exc:
         raise InvalidToken(reason="missing required claim" if isinstance(exc, MissingClaim) else "bad claim") from exc
 
@@ -177,6 +180,8 @@ def token_dispatch(
         settings = CacheConfig(
             ttl=math.inf, negative_ttl=config.cache.negative_ttl, max_entries=config.cache.max_entries
         )
-        prefix = hashlib.sha256(f"jwt\0{idp.issuer}\0{idp.project_id or ''}\0{sorted(idp.tokens.audience)}\0".encode())
+        prefix = hashlib.sha256(
+            f"jwt\0{idp.issuer}\0{idp.project_id or ''}\0{sorted(idp.tokens.audience)}\0{idp.keep}\0".encode()
+        )
         local = CachingAuthenticator(JwtVerifier(JwtRules.of(idp), jwks), settings, metrics, key_prefix=prefix)
     return TokenDispatch(idp.tokens.mode, idp.issuer, introspection, local, jwks)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from .assertion import Signer
 from .body import BodyGuard
 from .cache import CachingAuthenticator
 from .client_budget import ClientBudget
@@ -21,7 +22,7 @@ from .config import Config, Limits
 from .credentials import form_has_token
 from .decision import Decider, Inbound, Trace, upstream_target
 from .errors import ExpectationFailed, GatewayError, InvalidRequestToken, PayloadTooLarge
-from .headers import forwarded_for, upstream_request_headers
+from .headers import dropped_request_headers, forwarded_for, upstream_request_headers
 from .introspection import Introspector
 from .jwt_tokens import TokenDispatch
 from .logs import log_access, request_id
@@ -56,13 +57,16 @@ class Runtime:
     introspector: Introspector | None = None  # for readiness: has the IdP's discovery document been fetched?
     dispatch: TokenDispatch | None = None  # idp.access_tokens jwt/auto: which check answers for a token
     tracer: Tracer | None = None  # None: tracing off
+    signer: Signer | None = None  # identity.assertion: signs what the upstream may check
     decider: Decider = field(init=False, repr=False, compare=False)
+    dropped: frozenset[str] = field(init=False, repr=False, compare=False)  # never relayed from a client
 
     def __post_init__(self) -> None:
         idp = self.config.idp
         budget = ClientBudget(idp.max_concurrent_calls_per_client if idp else 0)
         decider = Decider(self.config.routes, self.config.limits, self.authenticator, budget, self.dispatch)
         object.__setattr__(self, "decider", decider)
+        object.__setattr__(self, "dropped", dropped_request_headers(self.config.identity.names))
 
 
 def guard_body(limits: Limits, route: Route, request: web.BaseRequest) -> BodyGuard | None:
@@ -110,6 +114,16 @@ def echo_headers(request: web.BaseRequest, response: web.StreamResponse) -> None
             headers.add(name, value)
 
 
+JWKS_HEADERS = {"Content-Type": "application/json", "Cache-Control": "public, max-age=300"}
+
+
+def published_keys(signer: Signer, request: web.BaseRequest) -> bool:
+    """A GET (or HEAD) of `identity.assertion.jwks_path` on the proxy listener: the JWKS, for backends that cannot
+    reach the admin listener. It is the gateway's, never an upstream's, whatever the routes say."""
+    path = signer.settings.jwks_path
+    return path is not None and request.path == path and request.method in ("GET", "HEAD")
+
+
 def client_request_id(request: web.BaseRequest) -> str | None:
     sent = request.headers.getall(REQUEST_ID_HEADER, [])
     return sent[0] if len(sent) == 1 else None
@@ -125,6 +139,8 @@ async def handle(runtime: Runtime, request: web.BaseRequest) -> web.StreamRespon
         # as plain HTTP. aiohttp's parser reads nothing more on such a connection, so close it after this answer
         # rather than leave it idle (whatever the client sent after the head is never read as a request).
         request.protocol.close()
+    if runtime.signer is not None and published_keys(runtime.signer, request):
+        return web.Response(body=runtime.signer.jwks, headers=JWKS_HEADERS)
     runtime.metrics.request_started()
     body: BodyGuard | None = None
 
@@ -158,7 +174,12 @@ async def handle(runtime: Runtime, request: web.BaseRequest) -> web.StreamRespon
             identity=decision.identity,
             forwarded=forwarded,
             pass_authorization=route.pass_authorization and decision.relay_authorization,
+            dropped=runtime.dropped,
         )
+        if runtime.signer is not None and decision.principal is not None:
+            headers[runtime.signer.header] = runtime.signer.assertion(
+                decision.principal, route.identity_headers, upstream.name, trace.request_id
+            )
         if decision.token is not None and route.pass_authorization:
             headers["Authorization"] = f"Bearer {decision.token}"  # the token we checked, whichever way it came
         headers[REQUEST_ID_HEADER] = trace.request_id

@@ -20,7 +20,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from .cache import Answer, Clock
-from .claims import Principal
+from .claims import KeptClaims, Principal
 from .metrics import Metrics
 
 log = logging.getLogger("gateway.cache")
@@ -28,6 +28,7 @@ log = logging.getLogger("gateway.cache")
 KEY_PREFIX = b"gateway:introspection:"
 CLAIM_PREFIX = b"gateway:introspecting:"  # "a process is asking the IdP for this key right now"
 _FORMAT = 2  # 2: `sub` may be null, and `grants` says in which organisation each role is held
+_FORMAT_CLAIMS = 3  # 3: and `claims`, the mapped claims a principal keeps ([[key, ...], JSON text] pairs)
 
 
 def dump_answer(answer: Answer) -> bytes:
@@ -45,6 +46,9 @@ def dump_answer(answer: Answer) -> bytes:
             "exp": answer.expires_at,
             "grants": sorted(answer.grants),
         }
+        if answer.claims:  # only then a format 3 entry: with nothing mapped, processes of before share entries
+            document["v"] = _FORMAT_CLAIMS
+            document["claims"] = [[list(path), value] for path, value in answer.claims]
     return json.dumps(document, separators=(",", ":")).encode()
 
 
@@ -58,7 +62,7 @@ def _optional_text(document: dict[str, Any], name: str) -> str | None:
 def load_answer(raw: bytes) -> Answer:
     """The inverse of dump_answer; anything else raises ValueError (and is then treated as a miss)."""
     document = json.loads(raw)
-    if not isinstance(document, dict) or document.get("v") != _FORMAT:
+    if not isinstance(document, dict) or document.get("v") not in (_FORMAT, _FORMAT_CLAIMS):
         raise ValueError("unknown entry format")
     if "inactive" in document:
         reason = document["inactive"]
@@ -88,7 +92,22 @@ def load_answer(raw: bytes) -> Answer:
         scope=scope,
         expires_at=float(exp) if exp is not None else None,
         grants=frozenset((role, org) for role, org in grants),
+        claims=_claims(document.get("claims", [])) if document["v"] == _FORMAT_CLAIMS else (),
     )
+
+
+def _claims(entries: Any) -> KeptClaims:
+    if not isinstance(entries, list) or not all(
+        isinstance(e, list)
+        and len(e) == 2
+        and isinstance(e[0], list)
+        and e[0]
+        and all(isinstance(k, str) for k in e[0])
+        and isinstance(e[1], str)
+        for e in entries
+    ):
+        raise ValueError("claims is not a list of [[key, ...], JSON text] pairs")
+    return tuple((tuple(path), value) for path, value in entries)
 
 
 class RedisStore:

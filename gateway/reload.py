@@ -27,6 +27,7 @@ from typing import Protocol
 
 import aiohttp
 
+from .assertion import signer_for
 from .cache import CachingAuthenticator, SharedStore, cache_key_prefix
 from .config import Config, ConfigError, load_config, read_environment
 from .introspection import Introspector
@@ -106,12 +107,14 @@ def build_runtime(config: Config, sessions: Sessions, metrics: Metrics, previous
             (previous.config, previous.dispatch) if previous is not None else None,
         ),
         tracer=sessions.tracer,
+        signer=signer_for(config.identity.assertion, previous.signer if previous is not None else None),
     )
 
 
 def _cached(introspector: Introspector, config: Config, sessions: Sessions, metrics: Metrics) -> CachingAuthenticator:
     assert config.idp is not None
-    prefix = cache_key_prefix(config.idp.issuer, config.idp.client_id, config.idp.project_id)
+    keep = config.idp.keep if config.idp.keep.paths else ()
+    prefix = cache_key_prefix(config.idp.issuer, config.idp.client_id, config.idp.project_id, keep)
     return CachingAuthenticator(introspector, config.cache, metrics, key_prefix=prefix, shared=sessions.shared)
 
 

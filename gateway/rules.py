@@ -13,6 +13,8 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from .identity_map import NO_HEADERS, HeaderMap
+
 _UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
 # RFC 3986 pchar minus ';' (servlet containers treat ';' as a path-parameter separator, so `/public;/../x`
 # means different things to us and to them) plus '/' and '%'. Anything else raw is rejected.
@@ -320,6 +322,7 @@ class Route:
     introspect_always: bool = False  # `introspect: always`: never verified locally, so a revocation counts at once
     delete_body: bool = False  # a DELETE may carry a body (some APIs take one); refused by default
     websocket: bool = False  # a GET with `Upgrade: websocket` is relayed as a WebSocket (gateway/websocket/)
+    identity_headers: HeaderMap = NO_HEADERS  # the claims mapped to headers here (`identity.headers` + the route's)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", implied_methods(self.methods))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pytest_aiohttp import AiohttpClient
 
-from demo_backend.app import PRIVATE, PRIVATE_SCOPED, PUBLIC, build_app
+from demo_backend.app import PRIVATE, PRIVATE_SCOPED, PUBLIC, AssertionCheck, build_app
 
 SEED = Path(__file__).resolve().parents[2] / "shared" / "seed-example-README.md"
 
@@ -28,3 +28,13 @@ async def test_routes_and_whoami(aiohttp_client: AiohttpClient) -> None:
         assert await resp.read() == body
     resp = await client.get("/api/whoami", headers={"X-Auth-Subject": "s", "X-Other": "o"})
     assert await resp.read() == b'{"X-Auth-Subject":"s"}'
+
+
+async def test_whoami_never_echoes_the_assertion_and_says_when_it_is_missing(aiohttp_client: AiohttpClient) -> None:
+    plain = await aiohttp_client(build_app())
+    resp = await plain.get("/api/whoami", headers={"X-Auth-Subject": "s", "X-Auth-Assertion": "a.b.c"})
+    assert await resp.json() == {"X-Auth-Subject": "s"}  # a credential for backends, not for the client
+    check = AssertionCheck("http://127.0.0.1:1/.well-known/jwks.json", "gateway.test", "default")
+    checking = await aiohttp_client(build_app(assertion=check))
+    resp = await checking.get("/api/whoami", headers={"X-Auth-Subject": "s"})
+    assert await resp.json() == {"X-Auth-Subject": "s", "assertion": "missing"}

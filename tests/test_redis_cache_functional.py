@@ -17,7 +17,7 @@ from gateway.metrics import Metrics
 from gateway.redis_store import KEY_PREFIX, RedisStore, dump_answer, load_answer
 
 from .conftest import GatewayFactory
-from .support import ENV, FakeIdP, free_port, gateway_document, gateway_process
+from .support import ENV, FakeIdP, RecordingUpstream, free_port, gateway_document, gateway_process
 
 Client = TestClient[Any, Any]
 READER = {"authorization": "Bearer demo-reader-token"}
@@ -163,3 +163,23 @@ async def test_when_the_claiming_call_fails_the_others_ask_for_themselves(
     assert [r.status for r in responses] == [503, 503]  # never open, never a cached failure
     idp.mode, idp.delay = "ok", 0.0
     assert (await second.get("/api/private", headers=headers)).status == 200
+
+
+async def test_mapped_claims_are_shared_and_other_mappings_never_read_them(
+    make_gateway: GatewayFactory, idp: FakeIdP, redis_url: str, upstream: RecordingUpstream
+) -> None:
+    reader = dict(idp.tokens["demo-reader-token"] or {})
+    reader["email"] = "reader@example.com"
+    idp.tokens["demo-reader-token"] = reader
+    mapped = {"headers": {"X-Redis-Test-Email": "email"}}
+    first = await make_gateway(cache=redis_cache(redis_url), identity=mapped)
+    assert (await first.get("/api/private", headers=READER)).status == 200
+    calls = idp.introspections
+    second = await make_gateway(cache=redis_cache(redis_url), identity=mapped)
+    assert (await second.get("/api/private", headers=READER)).status == 200
+    assert idp.introspections == calls  # from Redis, with the kept claim
+    assert ("X-Redis-Test-Email", "reader@example.com") in upstream.last.headers
+    other = await make_gateway(cache=redis_cache(redis_url), identity={"headers": {"X-Redis-Test-Name": "username"}})
+    assert (await other.get("/api/private", headers=READER)).status == 200
+    assert idp.introspections == calls + 1  # another mapping keeps other claims: not the same entry
+    assert ("X-Redis-Test-Name", "reader") in upstream.last.headers
