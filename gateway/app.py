@@ -20,7 +20,7 @@ from .metrics import Metrics
 from .pipeline import Runtime, echo_headers, handle
 from .redis_store import RedisStore
 from .reload import ConfigSource, Reloader, Sessions, build_runtime
-from .upstream_client import UpstreamClient
+from .upstream import UpstreamClient
 
 log = logging.getLogger("gateway")
 

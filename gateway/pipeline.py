@@ -37,7 +37,7 @@ from .logs import log_access, request_id, token_hash
 from .metrics import Metrics
 from .proxy import forward, upstream_target
 from .rules import Access, PathError, Route, canonical_path, missing_roles, resolve_route, split_target
-from .upstream_client import UpstreamClient
+from .upstream import UpstreamClient
 
 access_log = logging.getLogger("gateway.access")
 _ACCESS_MESSAGE = "%s %s %d %s"

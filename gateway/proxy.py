@@ -20,8 +20,7 @@ from .config import Upstream
 from .errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
 from .headers import downstream_response_headers
 from .metrics import Metrics
-from .upstream_answer import UpstreamError, UpstreamResponse
-from .upstream_client import UpstreamClient
+from .upstream import UpstreamClient, UpstreamError, UpstreamResponse
 
 log = logging.getLogger("gateway.proxy")
 

@@ -32,7 +32,7 @@ from .config import Config, ConfigError, load_config, read_environment
 from .introspection import Introspector
 from .metrics import Metrics
 from .pipeline import Runtime
-from .upstream_client import UpstreamClient
+from .upstream import UpstreamClient
 
 log = logging.getLogger("gateway.reload")
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 import pytest
 from multidict import CIMultiDict
 
-from gateway.upstream_answer import _HIGH_WATER, MAX_HEAD_BYTES, MAX_HEADERS, UpstreamError, UpstreamResponse
-from gateway.upstream_client import UpstreamClient, origin, request_head
+from gateway.upstream import UpstreamClient, UpstreamError, UpstreamResponse, origin
+from gateway.upstream.answer import _HIGH_WATER, MAX_HEAD_BYTES, MAX_HEADERS
+from gateway.upstream.connection import request_head
 from tests.support import free_port
 
 SETTLE = 5.0  # the bound on waiting for something that must happen; only reached when a test fails

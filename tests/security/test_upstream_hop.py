@@ -19,8 +19,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.upstream_answer import UpstreamError
-from gateway.upstream_client import UpstreamClient, _Connection
+from gateway.upstream import UpstreamClient, UpstreamError
+from gateway.upstream.connection import Connection
 from tests.conftest import GatewayFactory
 
 from .raw import request, send
@@ -272,13 +272,13 @@ async def test_a_connect_cancelled_as_it_completes_frees_its_slot_once(monkeypat
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()
 
-    made = _Connection.connection_made
+    made = Connection.connection_made
 
-    def made_then_cancelled(connection: _Connection, transport: asyncio.BaseTransport) -> None:
+    def made_then_cancelled(connection: Connection, transport: asyncio.BaseTransport) -> None:
         made(connection, transport)
         connecting.cancel()  # runs as a callback of the loop, before create_connection returns
 
-    monkeypatch.setattr(_Connection, "connection_made", made_then_cancelled)
+    monkeypatch.setattr(Connection, "connection_made", made_then_cancelled)
     client = UpstreamClient(limit=1, keepalive=300.0)
     try:
         async with raw_upstream(silent) as url:

@@ -1,4 +1,4 @@
-"""One answer from an upstream, as the connection receives it: its head at once, its body as it arrives.
+"""One answer from an upstream, as its connection receives it: its head at once, its body as it arrives.
 
 The bytes are parsed by llhttp (httptools); what is ours is what an answer may be (a bounded head, no content in
 an interim answer, nothing after its end) and how its body waits for the client (high and low water marks).
@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
-if TYPE_CHECKING:
-    from .upstream_client import _Connection
+from .errors import UpstreamError
 
 _HIGH_WATER = 256 * 1024  # stop reading the upstream socket while this much of an answer waits for the client
 _LOW_WATER = 64 * 1024
@@ -25,8 +24,16 @@ MAX_HEADERS = 256
 _NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 
 
-class UpstreamError(Exception):
-    """No usable answer: refused or lost connection, a malformed answer, or an answer cut short."""
+class Link(Protocol):
+    """What an answer needs of the connection it arrives on (connection.py's Connection): no import back."""
+
+    exchange: UpstreamResponse | None
+
+    def close(self) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def recycle(self) -> None:
+        """Back to the pool: its framing is in step."""
 
 
 class UpstreamResponse:
@@ -59,7 +66,7 @@ class UpstreamResponse:
         "status",
     )
 
-    def __init__(self, connection: _Connection, *, head_only: bool, read_timeout: float) -> None:
+    def __init__(self, connection: Link, *, head_only: bool, read_timeout: float) -> None:
         self._connection = connection
         self._head_only = head_only
         self._read_timeout = read_timeout
@@ -86,6 +93,15 @@ class UpstreamResponse:
         self.headers: CIMultiDictProxy[str] = _NO_HEADERS
         self.content_length: int | None = None
         self.eof_delimited = False
+
+    @property
+    def received(self) -> bool:
+        """Whether any byte of an answer arrived (a pooled connection closed as we sent may be retried if not)."""
+        return self._received
+
+    def send_body(self, writer: asyncio.Task[None]) -> None:
+        """The task that writes the request body: the head waits on it, and release() judges the exchange by it."""
+        self._writer = writer
 
     # -- fed by the connection ----------------------------------------------------------------------------------
 
@@ -286,7 +302,7 @@ class UpstreamResponse:
             elif writer.cancelled() or writer.exception() is not None:
                 clean = False
         if clean:
-            connection.pool.put(connection)
+            connection.recycle()
         else:
             connection.close()
 
