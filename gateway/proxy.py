@@ -67,6 +67,7 @@ async def forward(
             body=body,
             connect_timeout=upstream.connect_timeout,
             read_timeout=upstream.read_timeout,
+            reuse_after_body=upstream.reuse_after_body,
         )
     except (TimeoutError, UpstreamError) as exc:
         raise upstream_failure(upstream, exc) from exc

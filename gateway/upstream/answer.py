@@ -30,6 +30,9 @@ class Link(Protocol):
     exchange: UpstreamResponse | None
 
     def close(self) -> None: ...
+    def unsent(self) -> int:
+        """Bytes written but still waiting in our send buffer."""
+
     def pause_reading(self) -> None: ...
     def resume_reading(self) -> None: ...
     def recycle(self) -> None:
@@ -44,6 +47,7 @@ class UpstreamResponse:
         "_chunks",
         "_complete",
         "_connection",
+        "_early",
         "_error",
         "_head",
         "_head_bytes",
@@ -56,7 +60,9 @@ class UpstreamResponse:
         "_progress",
         "_raw_headers",
         "_read_timeout",
+        "_reason",
         "_received",
+        "_reuse",
         "_waiter",
         "_writer",
         "content_length",
@@ -76,6 +82,7 @@ class UpstreamResponse:
         self._head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._head_timer: asyncio.TimerHandle | None = None
         self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._reason = b""
         self._head_bytes = 0
         self._pending = 0
         self._progress = False
@@ -88,6 +95,8 @@ class UpstreamResponse:
         self._keep_alive = False
         self._error: UpstreamError | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._reuse = True
+        self._early = False
         self.status = 0
         self.reason = ""
         self.headers: CIMultiDictProxy[str] = _NO_HEADERS
@@ -99,9 +108,12 @@ class UpstreamResponse:
         """Whether any byte of an answer arrived (a pooled connection closed as we sent may be retried if not)."""
         return self._received
 
-    def send_body(self, writer: asyncio.Task[None]) -> None:
-        """The task that writes the request body: the head waits on it, and release() judges the exchange by it."""
+    def send_body(self, writer: asyncio.Task[None], *, reuse: bool) -> None:
+        """The task that writes the request body: the head waits on it, and release() judges the exchange by it.
+        `reuse`: whether the connection may go back to the pool after this exchange (an upstream's
+        reuse_after_body)."""
         self._writer = writer
+        self._reuse = reuse
 
     # -- fed by the connection ----------------------------------------------------------------------------------
 
@@ -110,8 +122,17 @@ class UpstreamResponse:
         self._progress = False
         try:
             self._live_parser().feed_data(data)
-        except httptools.HttpParserError as exc:
-            self.fail(UpstreamError(f"malformed answer: {type(exc).__name__}"))
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            # An error raised by a callback of ours comes back as the parser's, with ours as its context. Bytes
+            # after a complete answer (_AfterTheEnd) stop the parse there: llhttp would go on with this answer's
+            # callbacks, and nothing after its end may change it.
+            cause = exc.__context__
+            if isinstance(cause, _AfterTheEnd):
+                self._keep_alive = False
+            elif isinstance(cause, UpstreamError):
+                self.fail(cause)
+            else:
+                self.fail(UpstreamError(f"malformed answer: {exc}"))  # llhttp's reason, one of its fixed texts
             self._connection.close()
             return
         # httptools keeps a header line (we keep the reason) until it ends: bytes that complete nothing are bounded,
@@ -145,13 +166,12 @@ class UpstreamResponse:
     # -- llhttp callbacks ---------------------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        if self._complete:  # bytes after a complete answer: the connection's framing is not ours any more
-            self._keep_alive = False
-            self._connection.close()
+        if self._complete:
+            raise _AfterTheEnd
 
     def on_status(self, reason: bytes) -> None:
         self._head_bytes += len(reason)
-        self.reason += reason.decode("latin-1")  # in pieces when the status line is split across reads
+        self._reason += reason  # in pieces when the status line is split across reads
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value)
@@ -165,20 +185,34 @@ class UpstreamResponse:
         status = self._live_parser().get_status_code()
         if status < 100:
             raise UpstreamError("a status code below 100")
+        if status == 101:  # nobody asked for an upgrade: the bytes that follow are not HTTP
+            raise UpstreamError("101 Switching Protocols to a request that asked for no upgrade")
         if status < 200:  # 100 Continue, 103 Early Hints: the real answer follows on the same connection
             self._interim = True
             self._raw_headers.clear()
-            self.reason = ""
+            self._reason = b""
             return
+        if self._writer is not None and (not self._writer.done() or self._connection.unsent()):
+            self._early = True  # answered before it can have read the whole request body
         headers: CIMultiDict[str] = CIMultiDict()
-        for name, value in self._raw_headers:
-            headers.add(name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
+        try:
+            # Relayed byte for byte or not at all: aiohttp writes str as UTF-8, so only UTF-8 comes back out
+            # unchanged; anything else is refused (502) rather than reshaped (docs/security.md).
+            self.reason = self._reason.decode()
+            for name, value in self._raw_headers:
+                headers.add(name.decode(), value.decode())
+        except UnicodeDecodeError:
+            raise UpstreamError("a header of the answer is not UTF-8") from None
         self.status = status
         self.headers = CIMultiDictProxy(headers)
-        te = headers.get("Transfer-Encoding")
-        chunked = te is not None and te.rsplit(",", 1)[-1].strip().lower() == "chunked"
+        # Framed by every Transfer-Encoding line, not the first: llhttp frames by them all. Only "chunked" alone is
+        # unambiguous (as nginx requires of an upstream); any other coding or list is a 502.
+        codings = headers.getall("Transfer-Encoding", ())
+        chunked = bool(codings)
+        if chunked and (len(codings) != 1 or codings[0].strip().lower() != "chunked"):
+            raise UpstreamError("an ambiguous Transfer-Encoding")
         length = headers.get("Content-Length")
-        if te is None and length is not None:
+        if not chunked and length is not None:
             self.content_length = int(length)  # llhttp has checked it is one decimal number
         no_body = self._head_only or status in (204, 304)
         self.eof_delimited = not no_body and not chunked and self.content_length is None
@@ -193,9 +227,7 @@ class UpstreamResponse:
             # it as the final answer's would relay bytes past that answer's Content-Length to the client.
             raise UpstreamError("content in an interim answer")
         if self._complete:  # a body after an answer to HEAD
-            self._keep_alive = False
-            self._connection.close()
-            return
+            raise _AfterTheEnd
         self._progress = True
         self._chunks.append(body)
         self._buffered += len(body)
@@ -301,6 +333,8 @@ class UpstreamResponse:
                 clean = False
             elif writer.cancelled() or writer.exception() is not None:
                 clean = False
+        if self._early or not self._reuse:
+            clean = False
         if clean:
             connection.recycle()
         else:
@@ -315,6 +349,10 @@ class UpstreamResponse:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+
+class _AfterTheEnd(Exception):
+    """Raised by the parser's callback when a second message starts: it stops the parse there."""
 
 
 def _time_out(waiter: asyncio.Future[None]) -> None:

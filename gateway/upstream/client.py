@@ -57,9 +57,12 @@ class UpstreamClient:
         body: AsyncIterator[bytes] | None,
         connect_timeout: float,
         read_timeout: float,
+        reuse_after_body: bool = False,
     ) -> UpstreamResponse:
         """Send a request and wait for the head of its answer. `url`: the upstream's base URL; `target`: path and
-        query, as forwarded. TimeoutError when the upstream cannot be reached or does not answer in time."""
+        query, as forwarded. TimeoutError when the upstream cannot be reached or does not answer in time.
+        `reuse_after_body`: whether the connection may serve another request after one with a body (a connection
+        whose answer came before the body was written whole is closed regardless)."""
         if not isinstance(headers, CIMultiDict | CIMultiDictProxy):
             headers = CIMultiDict(headers)  # framing looks up Content-Length, in whatever case it was given
         key = origin(url)
@@ -86,7 +89,8 @@ class UpstreamClient:
             connection.write(head)
             if body is not None:
                 response.send_body(
-                    asyncio.create_task(send_body(connection, body, length=length, read_timeout=read_timeout))
+                    asyncio.create_task(send_body(connection, body, length=length, read_timeout=read_timeout)),
+                    reuse=reuse_after_body,
                 )
             try:
                 if body is None:

@@ -129,6 +129,10 @@ class Connection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(data)
 
+    def unsent(self) -> int:
+        transport = self.transport
+        return 0 if transport is None or self.lost else transport.get_write_buffer_size()
+
     def recycle(self) -> None:
         self.pool.put(self)
 
