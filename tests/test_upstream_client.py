@@ -280,12 +280,43 @@ async def test_an_answer_without_keep_alive_is_not_reused(client: UpstreamClient
         await settle(lambda: server.peers[0].eof.is_set())
 
 
-async def test_an_http_1_0_answer_with_keep_alive_is_reused(client: UpstreamClient) -> None:
+async def test_an_http_1_0_answer_is_never_reused(client: UpstreamClient) -> None:
+    # HTTP/1.0's keep-alive is the loose extension that proxies of that age forwarded wrongly (RFC 9112 §C.2.2); the
+    # reference of the differential test (h11) never reuses such a connection, and neither do we.
     answer = b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok"
     async with RawServer(answering(answer, answer)) as server:
         for _ in range(2):
             assert await fetch(client, server.url) == (200, b"ok")
-        assert server.accepted == 1
+        assert server.accepted == 2
+
+
+async def test_a_line_break_before_an_answer_is_refused(client: UpstreamClient) -> None:
+    async with RawServer(answering(b"\r\n" + OK)) as server:
+        with pytest.raises(UpstreamError, match="before the answer"):
+            await send(client, server.url)
+
+
+@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nok\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\n\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n\n",
+    ],
+)
+async def test_a_line_break_after_an_answer_spoils_the_connection(
+    client: UpstreamClient, answer: bytes, split: bool
+) -> None:
+    """llhttp skips CR and LF between messages without a callback; they are still bytes after the answer."""
+    writes = [answer[:-3], answer[-3:]] if split else [answer]  # split: the run of line breaks spans two reads
+    async with RawServer(answering(writes, OK)) as server:
+        response = await send(client, server.url)
+        await response.read()
+        response.release()
+        assert await fetch(client, server.url) == (200, b"ok")
+        assert server.accepted == 2
 
 
 # -- 3. chunked and eof-delimited bodies -------------------------------------------------------------------------

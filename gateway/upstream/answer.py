@@ -19,6 +19,7 @@ _HIGH_WATER = 256 * 1024  # stop reading the upstream socket while this much of 
 _LOW_WATER = 64 * 1024
 MAX_HEAD_BYTES = 64 * 1024  # an upstream's answer head larger than this is a broken answer (aiohttp: 8 KiB a line)
 MAX_HEADERS = 256
+MAX_INTERIM = 16  # 1xx answers before the final one
 
 
 _NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
@@ -43,6 +44,7 @@ class UpstreamResponse:
     """One answer: its head at once, its body as it arrives. `release()` it when done, whatever happened."""
 
     __slots__ = (
+        "_before",
         "_buffered",
         "_chunks",
         "_complete",
@@ -54,6 +56,7 @@ class UpstreamResponse:
         "_head_only",
         "_head_timer",
         "_interim",
+        "_interims",
         "_keep_alive",
         "_parser",
         "_pending",
@@ -63,6 +66,8 @@ class UpstreamResponse:
         "_reason",
         "_received",
         "_reuse",
+        "_run",
+        "_tail",
         "_waiter",
         "_writer",
         "content_length",
@@ -88,6 +93,8 @@ class UpstreamResponse:
         self._progress = False
         self._received = False
         self._interim = False
+        self._interims = 0
+        self._before: list[bytes] | None = []  # the reads before the final head: to check what sits between 1xx
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self._waiter: asyncio.Future[None] | None = None
@@ -96,6 +103,8 @@ class UpstreamResponse:
         self._error: UpstreamError | None = None
         self._writer: asyncio.Task[None] | None = None
         self._reuse = True
+        self._run = 0
+        self._tail = 0
         self._early = False
         self.status = 0
         self.reason = ""
@@ -118,11 +127,30 @@ class UpstreamResponse:
     # -- fed by the connection ----------------------------------------------------------------------------------
 
     def feed(self, data: bytes) -> None:
+        if self._complete:  # bytes after the answer, even the CR and LF that llhttp skips without a word
+            self._spoil()
+            return
+        if not self._received and data[:1] in (b"\r", b"\n"):
+            # llhttp skips line breaks before a status line; they are bytes that no answer of ours accounts for.
+            self.fail(UpstreamError("bytes before the answer's status line"))
+            self._spoil()
+            return
         self._received = True
         self._progress = False
+        if self._before is not None:
+            self._before.append(data)
+        # The run of CR and LF that the bytes so far end with: after the answer's end, llhttp skips those in
+        # silence, so a run longer than the answer's own (_tail) means bytes after it.
+        last = data[-1] if data else 0
+        if last == 10 or last == 13:
+            run = _crlf_run(data)
+            self._run = self._run + run if run == len(data) else run
+        else:
+            self._run = 0
         try:
             self._live_parser().feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._keep_alive = False
             # An error raised by a callback of ours comes back as the parser's, with ours as its context. Bytes
             # after a complete answer (_AfterTheEnd) stop the parse there: llhttp would go on with this answer's
             # callbacks, and nothing after its end may change it.
@@ -135,6 +163,9 @@ class UpstreamResponse:
                 self.fail(UpstreamError(f"malformed answer: {exc}"))  # llhttp's reason, one of its fixed texts
             self._connection.close()
             return
+        if self._complete and self._run > self._tail:
+            self._spoil()
+            return
         # httptools keeps a header line (we keep the reason) until it ends: bytes that complete nothing are bounded,
         # or one endless line would be taken in, and copied at every read, for the whole read timeout.
         if self._progress:
@@ -144,6 +175,10 @@ class UpstreamResponse:
         if self._pending > MAX_HEAD_BYTES:
             self.fail(UpstreamError("a line of the answer's head is too long"))
             self._connection.close()
+
+    def _spoil(self) -> None:
+        self._keep_alive = False
+        self._connection.close()
 
     def lost(self, exc: Exception | None) -> None:
         if exc is None and self._head.done() and not self._complete and self.eof_delimited:
@@ -189,22 +224,31 @@ class UpstreamResponse:
             raise UpstreamError("101 Switching Protocols to a request that asked for no upgrade")
         if status < 200:  # 100 Continue, 103 Early Hints: the real answer follows on the same connection
             self._interim = True
+            self._interims += 1
+            if self._interims > MAX_INTERIM:
+                raise UpstreamError("too many interim answers")
             self._raw_headers.clear()
             self._reason = b""
             return
         if self._writer is not None and (not self._writer.done() or self._connection.unsent()):
             self._early = True  # answered before it can have read the whole request body
+        if self._interims:
+            _check_interims(self._before, self._interims)
+        self._before = None
         headers: CIMultiDict[str] = CIMultiDict()
         try:
             # Relayed byte for byte or not at all: aiohttp writes str as UTF-8, so only UTF-8 comes back out
             # unchanged; anything else is refused (502) rather than reshaped (docs/security.md).
-            self.reason = self._reason.decode()
+            self.reason = reason = self._reason.decode()
             for name, value in self._raw_headers:
                 headers.add(name.decode(), value.decode())
         except UnicodeDecodeError:
             raise UpstreamError("a header of the answer is not UTF-8") from None
+        if not reason.isprintable():  # llhttp lets control bytes through in the reason phrase
+            raise UpstreamError("a control character in the answer's reason phrase")
         self.status = status
         self.headers = CIMultiDictProxy(headers)
+        self._tail = 4  # the head ends with an empty line after a line that is not empty; so does a chunked body
         # Framed by every Transfer-Encoding line, not the first: llhttp frames by them all. Only "chunked" alone is
         # unambiguous (as nginx requires of an upstream); any other coding or list is a 502.
         codings = headers.getall("Transfer-Encoding", ())
@@ -219,7 +263,7 @@ class UpstreamResponse:
         self._head_settled()
         self._head.set_result(None)
         if self._head_only:
-            self._finish(keep_alive=self._live_parser().should_keep_alive())
+            self._finish(keep_alive=self._reusable())
 
     def on_body(self, body: bytes) -> None:
         if self._interim:
@@ -229,6 +273,13 @@ class UpstreamResponse:
         if self._complete:  # a body after an answer to HEAD
             raise _AfterTheEnd
         self._progress = True
+        if self.content_length is not None:  # where the answer ends, with the last byte of its body
+            last = body[-1]
+            if last == 10 or last == 13:
+                run = _crlf_run(body)
+                self._tail = self._tail + run if run == len(body) else run
+            else:
+                self._tail = 0
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > _HIGH_WATER:
@@ -241,7 +292,7 @@ class UpstreamResponse:
             self._interim = False
             return
         if not self._complete:
-            self._finish(keep_alive=self._live_parser().should_keep_alive())
+            self._finish(keep_alive=self._reusable())
 
     # -- for the caller -----------------------------------------------------------------------------------------
 
@@ -340,6 +391,11 @@ class UpstreamResponse:
         else:
             connection.close()
 
+    def _reusable(self) -> bool:
+        """Keep-alive as llhttp judges it, and HTTP/1.1: an HTTP/1.0 answer's keep-alive is the old, loose one."""
+        parser = self._live_parser()
+        return parser.should_keep_alive() and parser.get_http_version() == "1.1"
+
     def _finish(self, *, keep_alive: bool) -> None:
         self._complete = True
         self._keep_alive = keep_alive
@@ -349,6 +405,28 @@ class UpstreamResponse:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+
+def _check_interims(reads: list[bytes] | None, count: int) -> None:
+    """Each 1xx ends at its head's empty line (it has no content), and the next answer starts right there: llhttp
+    skips line breaks between them, which no answer accounts for."""
+    stream = b"".join(reads or ())
+    at = 0
+    for _ in range(count):
+        end = stream.find(b"\r\n\r\n", at)
+        if end == -1 or not stream.startswith(b"HTTP/", end + 4):
+            raise UpstreamError("bytes between an interim answer and the next")
+        at = end + 4
+
+
+def _crlf_run(data: bytes) -> int:
+    """How many CR and LF bytes `data` ends with."""
+    count = 0
+    for byte in reversed(data):
+        if byte != 10 and byte != 13:
+            break
+        count += 1
+    return count
 
 
 class _AfterTheEnd(Exception):
