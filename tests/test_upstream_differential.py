@@ -37,6 +37,10 @@ def test_our_client_agrees_with_h11_on_generated_streams() -> None:
         ([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 302 Found\r\nLocation: /x\r\n\r\n"], "GET"),
         ([b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nok"], "GET"),  # cut short
         ([b"HTTP/1.1 100 Continue\r\n\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"], "GET"),  # both refuse
+        (
+            [b"HTTP/1.1 100 \x00ontinue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"],
+            "GET",
+        ),  # found by a long run
     ],
 )
 def test_known_streams_agree(stream: list[bytes], method: str) -> None:

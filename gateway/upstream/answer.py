@@ -223,6 +223,7 @@ class UpstreamResponse:
         if status == 101:  # nobody asked for an upgrade: the bytes that follow are not HTTP
             raise UpstreamError("101 Switching Protocols to a request that asked for no upgrade")
         if status < 200:  # 100 Continue, 103 Early Hints: the real answer follows on the same connection
+            _check_reason(self._reason)  # not relayed, but a reference parser refuses the whole stream for it
             self._interim = True
             self._interims += 1
             if self._interims > MAX_INTERIM:
@@ -239,13 +240,11 @@ class UpstreamResponse:
         try:
             # Relayed byte for byte or not at all: aiohttp writes str as UTF-8, so only UTF-8 comes back out
             # unchanged; anything else is refused (502) rather than reshaped (docs/security.md).
-            self.reason = reason = self._reason.decode()
+            self.reason = _check_reason(self._reason)
             for name, value in self._raw_headers:
                 headers.add(name.decode(), value.decode())
         except UnicodeDecodeError:
             raise UpstreamError("a header of the answer is not UTF-8") from None
-        if not reason.isprintable():  # llhttp lets control bytes through in the reason phrase
-            raise UpstreamError("a control character in the answer's reason phrase")
         self.status = status
         self.headers = CIMultiDictProxy(headers)
         self._tail = 4  # the head ends with an empty line after a line that is not empty; so does a chunked body
@@ -405,6 +404,18 @@ class UpstreamResponse:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+
+def _check_reason(reason: bytes) -> str:
+    """The reason phrase as text: UTF-8 (what aiohttp writes back) without control characters (which llhttp lets
+    through)."""
+    try:
+        text = reason.decode()
+    except UnicodeDecodeError:
+        raise UpstreamError("a header of the answer is not UTF-8") from None
+    if not text.isprintable():
+        raise UpstreamError("a control character in the answer's reason phrase")
+    return text
 
 
 def _check_interims(reads: list[bytes] | None, count: int) -> None:
