@@ -51,6 +51,7 @@ ALLOWED = {
     "can't be present with": "Content-Length with Transfer-Encoding (RFC 9112 §6.1: never sent): h11 ignores it",
     "an ambiguous Transfer-Encoding": "any Transfer-Encoding but one line 'chunked' (as nginx requires)",
     "Missing expected CR": "a bare LF ending a line: llhttp wants CRLF, h11 takes either",
+    "Invalid HTTP version": "a version other than HTTP/1.0 or 1.1 (h11 takes any digit.digit, e.g. HTTP/0.1)",
     "Invalid header value char": "a control byte in a header value that h11 lets through",
     "Invalid character in chunk extensions": "llhttp's chunk-extension grammar is stricter than h11's",
     "control character in the answer's reason": "a control byte in the reason phrase: h11 allows all but NUL, CR, LF",
