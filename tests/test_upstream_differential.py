@@ -41,6 +41,7 @@ def test_our_client_agrees_with_h11_on_generated_streams() -> None:
             [b"HTTP/1.1 100 \x00ontinue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"],
             "GET",
         ),  # found by a long run
+        ([b"HTTP/1.1 200 OK\r\nConnection: keep-alive \r\nContent-Length: 0\r\n\r\n"], "GET"),  # and so was this
     ],
 )
 def test_known_streams_agree(stream: list[bytes], method: str) -> None:

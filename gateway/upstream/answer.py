@@ -242,7 +242,7 @@ class UpstreamResponse:
             # unchanged; anything else is refused (502) rather than reshaped (docs/security.md).
             self.reason = _check_reason(self._reason)
             for name, value in self._raw_headers:
-                headers.add(name.decode(), value.decode())
+                headers.add(name.decode(), value.decode().rstrip(" \t"))  # llhttp keeps the OWS after a value
         except UnicodeDecodeError:
             raise UpstreamError("a header of the answer is not UTF-8") from None
         self.status = status
