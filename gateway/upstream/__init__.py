@@ -2,8 +2,8 @@
 
 `UpstreamClient.send()` returns an `UpstreamResponse` (its head at once, its body as it arrives) or raises
 `UpstreamError`/`TimeoutError`; `origin()` says where an upstream URL points. Modules, each importing only those
-before it: errors, origin, answer (one answer, parsed by llhttp), connection (one socket, what we write), client
-(the pool).
+before it: errors, origin, framing (the checks llhttp leaves to us), answer (one answer, parsed by llhttp),
+connection (one socket, what we write), client (the pool).
 """
 
 from .answer import UpstreamResponse

@@ -14,6 +14,7 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .errors import UpstreamError
+from .framing import check_interims, check_reason, crlf_run
 
 _HIGH_WATER = 256 * 1024  # stop reading the upstream socket while this much of an answer waits for the client
 _LOW_WATER = 64 * 1024
@@ -143,7 +144,7 @@ class UpstreamResponse:
         # silence, so a run longer than the answer's own (_tail) means bytes after it.
         last = data[-1] if data else 0
         if last == 10 or last == 13:
-            run = _crlf_run(data)
+            run = crlf_run(data)
             self._run = self._run + run if run == len(data) else run
         else:
             self._run = 0
@@ -223,7 +224,7 @@ class UpstreamResponse:
         if status == 101:  # nobody asked for an upgrade: the bytes that follow are not HTTP
             raise UpstreamError("101 Switching Protocols to a request that asked for no upgrade")
         if status < 200:  # 100 Continue, 103 Early Hints: the real answer follows on the same connection
-            _check_reason(self._reason)  # not relayed, but a reference parser refuses the whole stream for it
+            check_reason(self._reason)  # not relayed, but a reference parser refuses the whole stream for it
             self._interim = True
             self._interims += 1
             if self._interims > MAX_INTERIM:
@@ -234,13 +235,13 @@ class UpstreamResponse:
         if self._writer is not None and (not self._writer.done() or self._connection.unsent()):
             self._early = True  # answered before it can have read the whole request body
         if self._interims:
-            _check_interims(self._before, self._interims)
+            check_interims(self._before, self._interims)
         self._before = None
         headers: CIMultiDict[str] = CIMultiDict()
         try:
             # Relayed byte for byte or not at all: aiohttp writes str as UTF-8, so only UTF-8 comes back out
             # unchanged; anything else is refused (502) rather than reshaped (docs/security.md).
-            self.reason = _check_reason(self._reason)
+            self.reason = check_reason(self._reason)
             for name, value in self._raw_headers:
                 headers.add(name.decode(), value.decode().rstrip(" \t"))  # llhttp keeps the OWS after a value
         except UnicodeDecodeError:
@@ -275,7 +276,7 @@ class UpstreamResponse:
         if self.content_length is not None:  # where the answer ends, with the last byte of its body
             last = body[-1]
             if last == 10 or last == 13:
-                run = _crlf_run(body)
+                run = crlf_run(body)
                 self._tail = self._tail + run if run == len(body) else run
             else:
                 self._tail = 0
@@ -404,40 +405,6 @@ class UpstreamResponse:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-
-
-def _check_reason(reason: bytes) -> str:
-    """The reason phrase as text: UTF-8 (what aiohttp writes back) without control characters (which llhttp lets
-    through)."""
-    try:
-        text = reason.decode()
-    except UnicodeDecodeError:
-        raise UpstreamError("a header of the answer is not UTF-8") from None
-    if not text.isprintable():
-        raise UpstreamError("a control character in the answer's reason phrase")
-    return text
-
-
-def _check_interims(reads: list[bytes] | None, count: int) -> None:
-    """Each 1xx ends at its head's empty line (it has no content), and the next answer starts right there: llhttp
-    skips line breaks between them, which no answer accounts for."""
-    stream = b"".join(reads or ())
-    at = 0
-    for _ in range(count):
-        end = stream.find(b"\r\n\r\n", at)
-        if end == -1 or not stream.startswith(b"HTTP/", end + 4):
-            raise UpstreamError("bytes between an interim answer and the next")
-        at = end + 4
-
-
-def _crlf_run(data: bytes) -> int:
-    """How many CR and LF bytes `data` ends with."""
-    count = 0
-    for byte in reversed(data):
-        if byte != 10 and byte != 13:
-            break
-        count += 1
-    return count
 
 
 class _AfterTheEnd(Exception):
