@@ -301,14 +301,15 @@ def check(runner: asyncio.Runner, reads: list[bytes], method: str, found: list[s
     found.append(problem)
 
 
-def run(examples: int, runner: asyncio.Runner, found: list[str] | None = None) -> None:
-    """`found`: collect every disagreement and go on (the long run), rather than stop at the first and shrink it."""
+def run(examples: int, runner: asyncio.Runner, found: list[str] | None = None, *, fixed: bool = False) -> None:
+    """`found`: collect every disagreement and go on (the long run), rather than stop at the first and shrink it.
+    `fixed`: the same examples every time (make test stays reproducible; the long run explores)."""
 
     @settings(
         max_examples=examples,
         deadline=None,
         database=None,
-        derandomize=False,
+        derandomize=fixed,
         suppress_health_check=list(HealthCheck),
     )
     @given(answers())
