@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test lint typecheck pytest bench fuzz-upstream clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ test: lint typecheck pytest
 
 bench: $(DEV_STAMP)
 	$(BIN)/python -m bench
+
+# The upstream client against h11 on 100,000 generated answers (a bounded run is part of `make test`).
+fuzz-upstream: $(DEV_STAMP)
+	$(BIN)/python -m bench.upstream_differential --examples 100000
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -23,7 +23,7 @@ from .pipeline import Runtime, echo_headers, handle
 from .redis_store import RedisStore
 from .reload import ConfigSource, Reloader, Sessions, build_runtime
 from .tracing import Tracer
-from .upstream_client import UpstreamClient
+from .upstream import UpstreamClient
 from .websocket import WEBSOCKETS, WebSocketHub, handle_websocket, wants_websocket
 
 log = logging.getLogger("gateway")

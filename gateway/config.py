@@ -142,6 +142,9 @@ class Upstream:
     url: str
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
+    # After a request with a body the connection is closed unless this is set: an upstream that answered without
+    # reading the whole body would take its rest for the next request (docs/security.md).
+    reuse_after_body: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,7 +430,7 @@ _IDP = frozenset(
     | TOKEN_KEYS
 )
 _CACHE = frozenset({"backend", "ttl_seconds", "negative_ttl_seconds", "max_entries", "url", "redis_timeout_seconds"})
-_UPSTREAM = frozenset({"url", "connect_timeout_seconds", "read_timeout_seconds"})
+_UPSTREAM = frozenset({"url", "connect_timeout_seconds", "read_timeout_seconds", "reuse_after_body"})
 _ROUTE = frozenset(
     {
         "id",
@@ -669,6 +672,7 @@ def _upstreams(c: _Checker, node: Any) -> dict[str, Upstream]:
             url=url or "",
             connect_timeout=c.number(m, "connect_timeout_seconds", path, 5.0, minimum=0.1),
             read_timeout=c.number(m, "read_timeout_seconds", path, 60.0, minimum=0.1),
+            reuse_after_body=c.boolean(m, "reuse_after_body", path, False),
         )
     return out
 

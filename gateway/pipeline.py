@@ -32,7 +32,7 @@ from .proxy import forward
 from .request_shape import HTTP_11, refuse_body, refuse_malformed
 from .rules import Route
 from .tracing import Tracer, end_exchange
-from .upstream_client import UpstreamClient
+from .upstream import UpstreamClient
 
 access_log = logging.getLogger("gateway.access")
 _ACCESS_MESSAGE = "%s %s %d %s"

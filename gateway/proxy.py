@@ -20,8 +20,7 @@ from .config import Upstream
 from .errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
 from .headers import downstream_response_headers
 from .metrics import Metrics
-from .upstream_answer import UpstreamError, UpstreamResponse
-from .upstream_client import UpstreamClient
+from .upstream import UpstreamClient, UpstreamError, UpstreamResponse
 
 log = logging.getLogger("gateway.proxy")
 
@@ -68,6 +67,7 @@ async def forward(
             body=body,
             connect_timeout=upstream.connect_timeout,
             read_timeout=upstream.read_timeout,
+            reuse_after_body=upstream.reuse_after_body,
         )
     except (TimeoutError, UpstreamError) as exc:
         raise upstream_failure(upstream, exc) from exc

@@ -35,7 +35,7 @@ from .jwt_tokens import token_dispatch
 from .metrics import Metrics
 from .pipeline import Runtime
 from .tracing import Tracer
-from .upstream_client import UpstreamClient
+from .upstream import UpstreamClient
 
 log = logging.getLogger("gateway.reload")
 

@@ -15,7 +15,7 @@ from gateway.body import BodyGuard
 from gateway.config import Upstream
 from gateway.errors import ClientClosedRequest, PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
 from gateway.proxy import upstream_failure
-from gateway.upstream_answer import UpstreamError
+from gateway.upstream import UpstreamError
 
 
 def _stream() -> StreamReader:

@@ -145,6 +145,16 @@ def test_public_only_config_needs_no_idp() -> None:
     assert config.idp is None
 
 
+def test_reuse_after_body_is_off_unless_an_upstream_turns_it_on() -> None:
+    document = doc(upstreams={"default": "http://a", "b": {"url": "http://b", "reuse_after_body": True}})
+    document["routes"] = [{"path": "/a", "policy": "public"}]
+    config = parse_config(document, source="c.yaml", env=ENV)
+    assert not config.upstreams["default"].reuse_after_body  # the plain URL form still works, with the default
+    assert config.upstreams["b"].reuse_after_body
+    bad = doc(upstreams={"default": {"url": "http://a", "reuse_after_body": "sometimes"}})
+    assert "c.yaml: upstreams.default.reuse_after_body: expected true or false, got 'sometimes'" in problems(bad)
+
+
 def test_several_upstreams_need_a_default_or_a_name() -> None:
     document = doc(upstreams={"a": "http://a", "b": "http://b"})
     assert any("routes[0].upstream: is required" in p for p in problems(document))

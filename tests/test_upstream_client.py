@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 import pytest
 from multidict import CIMultiDict
 
-from gateway.upstream_answer import _HIGH_WATER, MAX_HEAD_BYTES, MAX_HEADERS, UpstreamError, UpstreamResponse
-from gateway.upstream_client import UpstreamClient, origin, request_head
+from gateway.upstream import UpstreamClient, UpstreamError, UpstreamResponse, origin
+from gateway.upstream.answer import _HIGH_WATER, MAX_HEAD_BYTES, MAX_HEADERS
+from gateway.upstream.connection import request_head
 from tests.support import free_port
 
 SETTLE = 5.0  # the bound on waiting for something that must happen; only reached when a test fails
@@ -279,12 +280,43 @@ async def test_an_answer_without_keep_alive_is_not_reused(client: UpstreamClient
         await settle(lambda: server.peers[0].eof.is_set())
 
 
-async def test_an_http_1_0_answer_with_keep_alive_is_reused(client: UpstreamClient) -> None:
+async def test_an_http_1_0_answer_is_never_reused(client: UpstreamClient) -> None:
+    # HTTP/1.0's keep-alive is the loose extension that proxies of that age forwarded wrongly (RFC 9112 §C.2.2); the
+    # reference of the differential test (h11) never reuses such a connection, and neither do we.
     answer = b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok"
     async with RawServer(answering(answer, answer)) as server:
         for _ in range(2):
             assert await fetch(client, server.url) == (200, b"ok")
-        assert server.accepted == 1
+        assert server.accepted == 2
+
+
+async def test_a_line_break_before_an_answer_is_refused(client: UpstreamClient) -> None:
+    async with RawServer(answering(b"\r\n" + OK)) as server:
+        with pytest.raises(UpstreamError, match="before the answer"):
+            await send(client, server.url)
+
+
+@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nok\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\n\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n\n",
+    ],
+)
+async def test_a_line_break_after_an_answer_spoils_the_connection(
+    client: UpstreamClient, answer: bytes, split: bool
+) -> None:
+    """llhttp skips CR and LF between messages without a callback; they are still bytes after the answer."""
+    writes = [answer[:-3], answer[-3:]] if split else [answer]  # split: the run of line breaks spans two reads
+    async with RawServer(answering(writes, OK)) as server:
+        response = await send(client, server.url)
+        await response.read()
+        response.release()
+        assert await fetch(client, server.url) == (200, b"ok")
+        assert server.accepted == 2
 
 
 # -- 3. chunked and eof-delimited bodies -------------------------------------------------------------------------
@@ -316,13 +348,22 @@ async def test_an_answer_without_length_ends_where_the_connection_does(client: U
         assert server.accepted == 2
 
 
-async def test_a_transfer_coding_not_ending_in_chunked_is_read_to_the_close(client: UpstreamClient) -> None:
-    answer = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n5\r\nabc", CLOSE]
+@pytest.mark.parametrize(
+    "codings",
+    [
+        b"Transfer-Encoding: chunked, gzip\r\n",
+        b"Transfer-Encoding: gzip\r\n",
+        b"Transfer-Encoding: gzip, chunked\r\n",
+        b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+        b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+    ],
+)
+async def test_a_transfer_coding_other_than_chunked_alone_is_refused(client: UpstreamClient, codings: bytes) -> None:
+    """Framing by anything but one `chunked` is where llhttp and the next hop could disagree (issue 11, point 3)."""
+    answer = [b"HTTP/1.1 200 OK\r\n" + codings + b"\r\n5\r\nabc", CLOSE]
     async with RawServer(answering(answer, OK)) as server:
-        response = await send(client, server.url)
-        assert response.eof_delimited
-        assert await response.read() == b"5\r\nabc"  # not decoded: its framing is the connection's end
-        response.release()
+        with pytest.raises(UpstreamError, match="Transfer-Encoding"):
+            await send(client, server.url)
         assert await fetch(client, server.url) == (200, b"ok")
         assert server.accepted == 2
 
@@ -637,12 +678,30 @@ async def test_non_ascii_values_go_out_as_their_original_bytes(client: UpstreamC
         assert b"\r\nX-Name: " + raw + b"\r\nX-Text: \xc3\xbcn\xc3\xaf\r\n\r\n" in server.peers[0].received
 
 
-async def test_non_ascii_answer_values_come_back_as_their_bytes(client: UpstreamClient) -> None:
-    raw = b"caf\xc3\xa9 \xff"
-    async with RawServer(answering(b"HTTP/1.1 200 OK\r\nX-V: " + raw + b"\r\nContent-Length: 0\r\n\r\n")) as server:
+async def test_utf8_answer_values_come_back_as_their_bytes(client: UpstreamClient) -> None:
+    raw = b"caf\xc3\xa9 \xe2\x9c\x93"
+    head = b"HTTP/1.1 200 \xc3\x9cK\r\nX-V: " + raw + b"\r\nContent-Length: 0\r\n\r\n"
+    async with RawServer(answering(head)) as server:
         response = await send(client, server.url)
-        assert response.headers["X-V"].encode("utf-8", "surrogateescape") == raw
+        assert response.headers["X-V"].encode() == raw
+        assert response.reason.encode() == b"\xc3\x9cK"
         response.release()
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 302 Found\r\nLocation: /\xff/evil.test/login\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-V: caf\xe9\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 \xffK\r\nContent-Length: 0\r\n\r\n",
+    ],
+)
+async def test_answer_bytes_that_are_not_utf8_are_refused(client: UpstreamClient, head: bytes) -> None:
+    """aiohttp writes what it relays as UTF-8: any other byte would come out changed or not at all (issue 11,
+    point 2), so the answer is refused instead."""
+    async with RawServer(answering(head)) as server:
+        with pytest.raises(UpstreamError, match="not UTF-8"):
+            await send(client, server.url)
 
 
 # -- 11. request bodies ------------------------------------------------------------------------------------------

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,3 +48,32 @@ async def send(port: int | None, data: bytes) -> Answer:
     finally:
         writer.close()
         await writer.wait_closed()
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def raw_upstream(handler: Handler) -> AsyncIterator[str]:
+    """An upstream on a free port that runs `handler` for each connection; yields its base URL."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await asyncio.wait_for(handler(reader, writer), WAIT)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the gateway cut the connection: what several tests want
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def until_closed(reader: asyncio.StreamReader) -> None:
+    while await reader.read(65536):
+        pass

@@ -7,47 +7,22 @@ answer's, present a truncated answer as complete, or starve the other upstreams 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import io
 import logging
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 
-from gateway.upstream_answer import UpstreamError
-from gateway.upstream_client import UpstreamClient, _Connection
+from gateway.upstream import UpstreamClient, UpstreamError
+from gateway.upstream.connection import Connection
 from tests.conftest import GatewayFactory
 
-from .raw import request, send
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-WAIT = 30.0  # a bound against hanging, never a timing assertion
-
-
-@contextlib.asynccontextmanager
-async def raw_upstream(handler: Handler) -> AsyncIterator[str]:
-    """An upstream on a free port that runs `handler` for each connection; yields its base URL."""
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await asyncio.wait_for(handler(reader, writer), WAIT)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass  # the gateway cut the connection: what several tests want
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.close()
-        await server.wait_closed()
+from .raw import WAIT, raw_upstream, request, send, until_closed
 
 
 def _upstream(url: str) -> dict[str, Any]:
@@ -58,11 +33,6 @@ async def _answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
     """A keep-alive upstream answering every request with a small 200."""
     while await reader.readuntil(b"\r\n\r\n"):
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-
-
-async def _until_closed(reader: asyncio.StreamReader) -> None:
-    while await reader.read(65536):
-        pass
 
 
 @pytest.mark.parametrize(
@@ -79,7 +49,7 @@ async def test_an_endless_head_line_is_refused_not_buffered(make_gateway: Gatewa
         for _ in range(128):  # 8 MiB at most, then wait: the server stops by itself
             writer.write(b"a" * 65536)
             await writer.drain()
-        await _until_closed(reader)
+        await until_closed(reader)
 
     async with raw_upstream(endless) as url:
         gateway = await make_gateway(upstreams=_upstream(url))
@@ -97,7 +67,7 @@ async def test_an_endless_trailer_line_is_refused_not_buffered(
         for _ in range(128):
             writer.write(b"a" * 65536)
             await writer.drain()
-        await _until_closed(reader)
+        await until_closed(reader)
 
     async with raw_upstream(endless) as url:
         gateway = await make_gateway(upstreams=_upstream(url))
@@ -123,7 +93,7 @@ async def test_content_in_an_interim_answer_never_reaches_the_client(
     async def odd(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.write(interim + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
-        await _until_closed(reader)
+        await until_closed(reader)
 
     async with raw_upstream(odd) as url:
         gateway = await make_gateway(upstreams=_upstream(url))
@@ -272,13 +242,13 @@ async def test_a_connect_cancelled_as_it_completes_frees_its_slot_once(monkeypat
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()
 
-    made = _Connection.connection_made
+    made = Connection.connection_made
 
-    def made_then_cancelled(connection: _Connection, transport: asyncio.BaseTransport) -> None:
+    def made_then_cancelled(connection: Connection, transport: asyncio.BaseTransport) -> None:
         made(connection, transport)
         connecting.cancel()  # runs as a callback of the loop, before create_connection returns
 
-    monkeypatch.setattr(_Connection, "connection_made", made_then_cancelled)
+    monkeypatch.setattr(Connection, "connection_made", made_then_cancelled)
     client = UpstreamClient(limit=1, keepalive=300.0)
     try:
         async with raw_upstream(silent) as url:
@@ -333,7 +303,7 @@ async def test_a_body_without_length_is_not_complete_when_the_gateway_cuts_the_u
     async def early(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\npartial")
-        await _until_closed(reader)
+        await until_closed(reader)
 
     async def upload() -> AsyncIterator[bytes]:
         yield b"x" * 10

@@ -1,4 +1,4 @@
-"""A lean HTTP/1.1 client for the upstream hop: pooled keep-alive connections; answers in upstream_answer.py.
+"""A lean HTTP/1.1 client for the upstream hop: pooled keep-alive connections; connection.py writes, answer.py reads.
 
 Why not aiohttp's ClientSession: it was about 40 % of the gateway's CPU per request (docs/benchmarks.md), for
 features the hop never uses (cookies, redirects, decompression, proxies, auth, tracing). Parsing is not ours: the
@@ -14,163 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
-from typing import Final
-from urllib.parse import urlsplit
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .upstream_answer import UpstreamError, UpstreamResponse
+from .answer import UpstreamResponse
+from .connection import Connection, request_head, send_body
+from .errors import UpstreamError
+from .origin import Origin, origin
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _NO_CONTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # no length sent when they carry no body
 _CHUNKED = "Transfer-Encoding: chunked"
-
-
-@dataclass(frozen=True, slots=True)
-class Origin:
-    """Where an upstream URL points: the connection's key and what its requests carry."""
-
-    host: str
-    port: int
-    tls: bool
-    host_header: str  # host[:port], the port only when it is not the scheme's default
-    base_path: str  # prefixed to every forwarded path, without a trailing slash
-
-
-@functools.cache
-def origin(url: str) -> Origin:
-    parts = urlsplit(url)
-    tls = parts.scheme == "https"
-    default = 443 if tls else 80
-    host = parts.hostname or ""
-    if not host.isascii():
-        host = host.encode("idna").decode("ascii")  # an internationalised name, as DNS and Host carry it
-    port = parts.port or default
-    shown = f"[{host}]" if ":" in host else host
-    return Origin(
-        host=host,
-        port=port,
-        tls=tls,
-        host_header=shown if port == default else f"{shown}:{port}",
-        base_path=parts.path.rstrip("/"),
-    )
-
-
-_HEADER_LINE: Final = ": ".join  # (name, value) -> "name: value", without a Python-level loop
-
-
-def request_head(method: str, target: str, host: str, headers: Mapping[str, str], framing: str | None) -> bytes:
-    """The request line and headers. `framing`: a header line of ours (Transfer-Encoding or Content-Length), or None.
-
-    Every value has passed a parser already (the client's, by aiohttp's server) or been encoded by us; a line break
-    in one would still split the head, so the result is checked rather than trusted.
-    """
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", *map(_HEADER_LINE, headers.items())]
-    if framing is not None:
-        lines.append(framing)
-    breaks = len(lines) + 1
-    lines += ("", "")  # the head ends with an empty line
-    text = "\r\n".join(lines)
-    if text.count("\n") != breaks or text.count("\r") != breaks or "\0" in text:
-        raise UpstreamError("a request header carries a line break")
-    # Values arrive decoded as aiohttp decodes them (UTF-8, undecodable bytes escaped): this restores the bytes.
-    return text.encode("utf-8", "surrogateescape")
-
-
-class _Connection(asyncio.Protocol):
-    __slots__ = (
-        "_drain",
-        "_paused",
-        "exchange",
-        "holds_slot",
-        "idle_since",
-        "key",
-        "lost",
-        "pool",
-        "reading",
-        "transport",
-    )
-
-    def __init__(self, pool: UpstreamClient, key: Origin) -> None:
-        self.pool = pool
-        self.key = key
-        self.transport: asyncio.Transport | None = None
-        self.exchange: UpstreamResponse | None = None
-        self.lost = False
-        self.holds_slot = False  # set once _acquire has it: until then, its slot is _acquire's to free
-        self.reading = True
-        self.idle_since = 0.0
-        self._paused = False
-        self._drain: asyncio.Future[None] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # A stream transport (uvloop's does not subclass asyncio.Transport, hence no isinstance check).
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        exchange = self.exchange
-        if exchange is None:  # nobody asked: an idle connection's framing can no longer be trusted
-            self.close()
-            return
-        exchange.feed(data)
-
-    def eof_received(self) -> bool:
-        return False  # close the transport; connection_lost ends the exchange
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        if self.exchange is not None:
-            self.exchange.lost(exc)
-        self._wake_drain()
-        self.pool.forget(self)
-
-    def pause_writing(self) -> None:
-        self._paused = True
-
-    def resume_writing(self) -> None:
-        self._paused = False
-        self._wake_drain()
-
-    async def drain(self) -> None:
-        if self.lost:
-            raise UpstreamError("the upstream closed the connection")
-        if self._paused:
-            self._drain = asyncio.get_running_loop().create_future()
-            try:
-                await self._drain
-            finally:
-                self._drain = None
-            if self.lost:
-                raise UpstreamError("the upstream closed the connection")
-
-    def _wake_drain(self) -> None:
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
-
-    def pause_reading(self) -> None:
-        if self.reading and self.transport is not None:
-            self.reading = False
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if not self.reading and self.transport is not None and not self.lost:
-            self.reading = True
-            self.transport.resume_reading()
-
-    def write(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
-
-    def close(self) -> None:
-        if self.exchange is not None:
-            self.exchange.fail(UpstreamError("the exchange was cut short"))
-        if self.transport is not None and not self.lost:
-            self.transport.abort()  # nothing in flight is worth flushing on a connection whose framing is off
 
 
 class UpstreamClient:
@@ -179,7 +36,7 @@ class UpstreamClient:
     def __init__(self, *, limit: int = 1024, keepalive: float = 30.0) -> None:
         self._limit = limit
         self._keepalive = keepalive
-        self._idle: dict[Origin, collections.deque[_Connection]] = {}
+        self._idle: dict[Origin, collections.deque[Connection]] = {}
         self._open = 0
         self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._sweeper: asyncio.TimerHandle | None = None
@@ -200,9 +57,12 @@ class UpstreamClient:
         body: AsyncIterator[bytes] | None,
         connect_timeout: float,
         read_timeout: float,
+        reuse_after_body: bool = False,
     ) -> UpstreamResponse:
         """Send a request and wait for the head of its answer. `url`: the upstream's base URL; `target`: path and
-        query, as forwarded. TimeoutError when the upstream cannot be reached or does not answer in time."""
+        query, as forwarded. TimeoutError when the upstream cannot be reached or does not answer in time.
+        `reuse_after_body`: whether the connection may serve another request after one with a body (a connection
+        whose answer came before the body was written whole is closed regardless)."""
         if not isinstance(headers, CIMultiDict | CIMultiDictProxy):
             headers = CIMultiDict(headers)  # framing looks up Content-Length, in whatever case it was given
         key = origin(url)
@@ -228,8 +88,9 @@ class UpstreamClient:
             connection.exchange = response
             connection.write(head)
             if body is not None:
-                response._writer = asyncio.create_task(
-                    _send_body(connection, body, length=length, read_timeout=read_timeout)
+                response.send_body(
+                    asyncio.create_task(send_body(connection, body, length=length, read_timeout=read_timeout)),
+                    reuse=reuse_after_body,
                 )
             try:
                 if body is None:
@@ -238,7 +99,7 @@ class UpstreamClient:
                     await response.wait_head()
             except UpstreamError:
                 response.release()
-                if retry and reused and not response._received:
+                if retry and reused and not response.received:
                     retry = False  # a pooled connection the upstream closed as we sent: once more, on a new one
                     continue
                 raise
@@ -260,7 +121,7 @@ class UpstreamClient:
 
     # -- the pool ------------------------------------------------------------------------------------------------
 
-    async def _acquire(self, key: Origin, connect_timeout: float) -> tuple[_Connection, bool]:
+    async def _acquire(self, key: Origin, connect_timeout: float) -> tuple[Connection, bool]:
         connection = self._pooled(key)
         if connection is not None:
             return connection, True
@@ -284,7 +145,7 @@ class UpstreamClient:
             connection.holds_slot = True
             return connection, False
 
-    def _pooled(self, key: Origin) -> _Connection | None:
+    def _pooled(self, key: Origin) -> Connection | None:
         idle = self._idle.get(key)
         while idle:
             connection = idle.pop()  # the most recently used: the least likely to have been closed
@@ -323,7 +184,7 @@ class UpstreamClient:
                 waiter.set_result(None)
                 return
 
-    async def _connect(self, key: Origin) -> _Connection:
+    async def _connect(self, key: Origin) -> Connection:
         loop = asyncio.get_running_loop()
         tls: ssl.SSLContext | None = None
         if key.tls:
@@ -332,7 +193,7 @@ class UpstreamClient:
             tls = self._tls
         try:
             _, connection = await loop.create_connection(
-                lambda: _Connection(self, key),
+                lambda: Connection(self, key),
                 key.host,
                 key.port,
                 ssl=tls,
@@ -342,7 +203,7 @@ class UpstreamClient:
             raise UpstreamError(f"cannot connect: {type(exc).__name__}") from exc
         return connection
 
-    def put(self, connection: _Connection) -> None:
+    def put(self, connection: Connection) -> None:
         if self._closed or connection.lost:
             connection.close()
             return
@@ -352,7 +213,7 @@ class UpstreamClient:
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().call_later(self._keepalive, self._sweep)
 
-    def forget(self, connection: _Connection) -> None:
+    def forget(self, connection: Connection) -> None:
         """Called once per connection, when it is gone: frees its slot and drops it from the idle list. A connection
         made as its connect was cancelled never held one: _acquire freed that slot."""
         idle = self._idle.get(connection.key)
@@ -372,35 +233,3 @@ class UpstreamClient:
             remaining = remaining or bool(idle)
         if remaining and not self._closed:
             self._sweeper = asyncio.get_running_loop().call_later(self._keepalive / 2, self._sweep)
-
-
-async def _send_body(
-    connection: _Connection, body: AsyncIterator[bytes], *, length: int | None, read_timeout: float
-) -> None:
-    """Write the body as it comes: `length` bytes exactly, or in chunks when it is None. Any failure (the client's
-    413 or 408 included) closes the connection: a body cut short must never be taken by the upstream for a complete
-    one, and bytes past `length` would be read as another request."""
-    left = length
-    try:
-        async for piece in body:
-            if not piece:
-                continue
-            if left is None:
-                connection.write(b"%x\r\n%b\r\n" % (len(piece), piece))
-            elif len(piece) > left:
-                raise UpstreamError("the request body is longer than its Content-Length")
-            else:
-                left -= len(piece)
-                connection.write(piece)
-            async with asyncio.timeout(read_timeout):  # an upstream that stops reading is a stalled upstream
-                await connection.drain()
-        if left is None:
-            connection.write(_LAST_CHUNK)
-        elif left:
-            raise UpstreamError("the request body is shorter than its Content-Length")
-    except BaseException:
-        connection.close()
-        raise
-
-
-_LAST_CHUNK: Final = b"0\r\n\r\n"
