@@ -28,11 +28,6 @@ SMALL_BODY = 64 * 1024
 _NO_BODY_STATUS = frozenset({204, 304})
 
 
-def upstream_target(path: str, query: str | None) -> str:
-    """The canonical path and the client's query string byte for byte; nothing is re-quoted."""
-    return path if query is None else f"{path}?{query}"
-
-
 def upstream_failure(upstream: Upstream, exc: BaseException) -> GatewayError:
     """An upstream failure while nothing has gone to the client yet: 504 for a timeout, 502 for anything else; the
     client's own failure (a body too large, stalled or cut off) as itself, without blaming the upstream."""
