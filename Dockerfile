@@ -6,6 +6,7 @@ WORKDIR /src
 COPY pyproject.toml ./
 COPY gateway/ gateway/
 COPY demo_backend/ demo_backend/
+COPY deploy/ deploy/
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 # Runtime stage: the wheels installed (bind-mounted, so they are not kept in a layer), the routes, an

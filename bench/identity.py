@@ -27,11 +27,11 @@ from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_pri
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from gateway.assertion import Signer, signing_key
-from gateway.cache import LocalCache
-from gateway.claims import ClaimSelection, Principal, principal_from_claims
-from gateway.config_identity import AssertionSettings
-from gateway.identity_map import HeaderMap
+from gateway.auth.cache import LocalCache
+from gateway.auth.claims import ClaimSelection, Principal, principal_from_claims
+from gateway.config.identity import AssertionSettings
+from gateway.forward.assertion import Signer, signing_key
+from gateway.forward.identity_map import HeaderMap
 
 from .__main__ import PATH, TOKEN, gateway, process
 from .cpu_per_request import cpu_seconds

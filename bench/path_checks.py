@@ -10,7 +10,8 @@ from __future__ import annotations
 import sys
 import time
 
-from gateway.rules import Access, PathError, PathPattern, Policy, Route, canonical_path, resolve_route
+from gateway.policy.paths import PathError, canonical_path
+from gateway.policy.rules import Access, PathPattern, Policy, Route, resolve_route
 
 TARGETS = [
     "/api/public",

@@ -24,7 +24,7 @@ from aiohttp.test_utils import TestServer
 from demo_backend.app import build_app as build_backend
 from demo_backend.idp import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_TOKENS, IdPSettings, build_idp_app
 from gateway.app import METRICS, RELOADER, RUNTIME, build_app
-from gateway.reload import ConfigSource
+from gateway.ops.reload import ConfigSource
 from gateway.testing import GatewayTestServer
 
 CLIENTS = 16

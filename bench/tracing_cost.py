@@ -17,7 +17,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.config import TracingSettings
-from gateway.tracing import Tracer
+from gateway.ops.tracing import Tracer
 
 UPSTREAM = "http://127.0.0.1:8081"
 PATH = "/api/private-scoped"

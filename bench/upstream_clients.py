@@ -28,7 +28,7 @@ Forward = Callable[[str], Awaitable[tuple[int, bytes]]]
 
 
 async def _own(backend: str) -> tuple[Forward, Callable[[], Awaitable[None]]]:
-    from gateway.upstream import UpstreamClient
+    from gateway.forward.upstream import UpstreamClient
 
     client = UpstreamClient()
 

@@ -25,7 +25,7 @@ import h11
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.upstream import UpstreamError, UpstreamResponse
+from gateway.forward.upstream import UpstreamError, UpstreamResponse
 
 Headers = tuple[tuple[bytes, bytes], ...]
 

@@ -9,13 +9,13 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from .analysis import explain, explanation_lines, route_warnings
-from .config import Config, ConfigError
-from .logs import configure_logging
-from .reload import ConfigSource
-from .rules import route_table
-from .serve import serve
-from .workers import run_workers
+from gateway.config import Config, ConfigError
+from gateway.ops.logs import configure_logging
+from gateway.ops.reload import ConfigSource
+from gateway.ops.serve import serve
+from gateway.ops.workers import run_workers
+from gateway.policy.analysis import explain, explanation_lines, route_warnings
+from gateway.policy.rules import route_table
 
 COMMANDS = ("run", "check", "explain")
 

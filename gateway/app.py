@@ -12,19 +12,20 @@ from typing import Any
 import aiohttp
 from aiohttp import http_parser, web
 
-from .cache import CachingAuthenticator
-from .config import Config, Limits
-from .errors import BadRequest, answer_for, error_response
-from .forward_auth import handle_forward_auth
-from .http_server import GatewayServer
-from .introspection import Introspector
-from .metrics import Metrics
-from .pipeline import Runtime, echo_headers, handle
-from .redis_store import RedisStore
-from .reload import ConfigSource, Reloader, Sessions, build_runtime
-from .tracing import Tracer
-from .upstream import UpstreamClient
-from .websocket import WEBSOCKETS, WebSocketHub, handle_websocket, wants_websocket
+from gateway.answers import answer_for, error_response
+from gateway.auth.cache import CachingAuthenticator
+from gateway.auth.introspection import Introspector
+from gateway.auth.redis_store import RedisStore
+from gateway.config import Config, Limits
+from gateway.errors import BadRequest
+from gateway.forward.upstream import UpstreamClient
+from gateway.forward.websocket import WEBSOCKETS, WebSocketHub, handle_websocket, wants_websocket
+from gateway.forward_auth import handle_forward_auth
+from gateway.ops.http_server import GatewayServer
+from gateway.ops.metrics import Metrics
+from gateway.ops.reload import ConfigSource, Reloader, Sessions, build_runtime
+from gateway.ops.tracing import Tracer
+from gateway.pipeline import Runtime, echo_headers, handle
 
 log = logging.getLogger("gateway")
 

@@ -18,13 +18,14 @@ import time
 from aiohttp import web
 from multidict import CIMultiDict
 
-from .config import Config, ForwardAuth
-from .decision import Decision, Inbound, Trace
-from .errors import BadRequest, GatewayError, answer_for
-from .headers import IDENTITY_HEADERS, IDENTITY_PREFIX, forwarded_for, normalised_name
-from .logs import request_id
-from .pipeline import REQUEST_ID_HEADER, Runtime, client_request_id, record
-from .rules import valid_method
+from gateway.answers import answer_for
+from gateway.config import Config, ForwardAuth
+from gateway.errors import BadRequest, GatewayError
+from gateway.forward.headers import IDENTITY_HEADERS, IDENTITY_PREFIX, forwarded_for, normalised_name
+from gateway.ops.logs import request_id
+from gateway.pipeline import REQUEST_ID_HEADER, Runtime, client_request_id, record
+from gateway.policy.decision import Decision, Inbound, Trace
+from gateway.policy.rules import valid_method
 
 METHOD_HEADER = "X-Forwarded-Method"
 URI_HEADER = "X-Forwarded-Uri"

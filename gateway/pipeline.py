@@ -14,25 +14,25 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from .assertion import Signer
-from .body import BodyGuard
-from .cache import CachingAuthenticator
-from .client_budget import ClientBudget
-from .config import Config, Limits
-from .credentials import form_has_token
-from .decision import Decider, Inbound, Trace, upstream_target
-from .errors import ExpectationFailed, GatewayError, InvalidRequestToken, PayloadTooLarge
-from .headers import dropped_request_headers, forwarded_for, upstream_request_headers
-from .introspection import Introspector
-from .jwt_tokens import TokenDispatch
-from .logs import log_access, request_id
-from .method_override import body_scanner
-from .metrics import Metrics
-from .proxy import forward
-from .request_shape import HTTP_11, refuse_body, refuse_malformed
-from .rules import Route
-from .tracing import Tracer, end_exchange
-from .upstream import UpstreamClient
+from gateway.auth.cache import CachingAuthenticator
+from gateway.auth.client_budget import ClientBudget
+from gateway.auth.credentials import form_has_token
+from gateway.auth.introspection import Introspector
+from gateway.auth.jwt_tokens import TokenDispatch
+from gateway.config import Config, Limits
+from gateway.errors import ExpectationFailed, GatewayError, InvalidRequestToken, PayloadTooLarge
+from gateway.forward.assertion import Signer
+from gateway.forward.body import BodyGuard
+from gateway.forward.headers import dropped_request_headers, forwarded_for, upstream_request_headers
+from gateway.forward.method_override import body_scanner
+from gateway.forward.proxy import forward
+from gateway.forward.upstream import UpstreamClient
+from gateway.ops.logs import log_access, request_id
+from gateway.ops.metrics import Metrics
+from gateway.ops.request_shape import HTTP_11, refuse_body, refuse_malformed
+from gateway.ops.tracing import Tracer, end_exchange
+from gateway.policy.decision import Decider, Inbound, Trace, upstream_target
+from gateway.policy.rules import Route
 
 access_log = logging.getLogger("gateway.access")
 _ACCESS_MESSAGE = "%s %s %d %s"

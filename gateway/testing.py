@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import BaseTestServer
 
-from .app import GatewayRunner
+from gateway.app import GatewayRunner
 
 
 class GatewayTestServer(BaseTestServer):

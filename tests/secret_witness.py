@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+import gateway.answers
 import gateway.errors
 from demo_backend.idp import DEMO_TOKENS
-from gateway.introspection import basic_authorization
-from gateway.metrics import Metrics
+from gateway.auth.introspection import basic_authorization
+from gateway.ops.metrics import Metrics
 
 from .support import CLIENT_ID, CLIENT_SECRET
 
@@ -78,14 +79,14 @@ def secret_witness() -> Iterator[Witness]:
     witness = Witness(secrets())
     detach = attach(witness)
     patch = pytest.MonkeyPatch()
-    render = gateway.errors.error_response
+    render = gateway.answers.error_response
 
     def recording_error_response(exc: gateway.errors.GatewayError) -> Any:
         response = render(exc)
         witness.add("error body", response.text or "")
         return response
 
-    patch.setattr(gateway.errors, "error_response", recording_error_response)
+    patch.setattr(gateway.answers, "error_response", recording_error_response)
     original_init = Metrics.__init__
 
     def recording_init(self: Metrics) -> None:

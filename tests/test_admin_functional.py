@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pytest_aiohttp import AiohttpClient
 
-from gateway.admin import build_admin_app
+from gateway.ops.admin import build_admin_app
 
 from .conftest import GatewayFactory
 from .support import FakeIdP

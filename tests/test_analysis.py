@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.analysis import (
+from gateway.policy.analysis import (
     covers,
     explain,
     explanation_lines,
@@ -16,7 +16,7 @@ from gateway.analysis import (
     overlaps,
     route_warnings,
 )
-from gateway.rules import Access, PathPattern, Policy, Route
+from gateway.policy.rules import Access, PathPattern, Policy, Route
 
 P = PathPattern.compile
 PUBLIC = Policy(Access.PUBLIC)

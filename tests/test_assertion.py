@@ -18,12 +18,12 @@ from cryptography.hazmat.primitives.asymmetric.rsa import generate_private_key a
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from pytest_aiohttp import AiohttpClient
 
-from gateway.admin import build_admin_app
-from gateway.assertion import Signer, signer_for
-from gateway.claims import Principal
+from gateway.auth.claims import Principal
 from gateway.config import ConfigError, parse_config
-from gateway.config_identity import AssertionSettings
-from gateway.identity_map import ClaimMapping, HeaderMap
+from gateway.config.identity import AssertionSettings
+from gateway.forward.assertion import Signer, signer_for
+from gateway.forward.identity_map import ClaimMapping, HeaderMap
+from gateway.ops.admin import build_admin_app
 from tests.conftest import GatewayFactory
 from tests.support import ENV, FakeIdP, RecordingUpstream, gateway_document
 

@@ -11,11 +11,11 @@ from aiohttp import StreamReader
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.client_exceptions import ClientConnectionResetError
 
-from gateway.body import BodyGuard
 from gateway.config import Upstream
 from gateway.errors import ClientClosedRequest, PayloadTooLarge, UpstreamTimeout, UpstreamUnavailable
-from gateway.proxy import upstream_failure
-from gateway.upstream import UpstreamError
+from gateway.forward.body import BodyGuard
+from gateway.forward.proxy import upstream_failure
+from gateway.forward.upstream import UpstreamError
 
 
 def _stream() -> StreamReader:

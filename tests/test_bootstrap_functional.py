@@ -1,4 +1,4 @@
-"""`python -m gateway.bootstrap` against a fake ZITADEL Management API v1 served on 127.0.0.1.
+"""`python -m deploy.bootstrap` against a fake ZITADEL Management API v1 served on 127.0.0.1.
 
 The fake implements exactly the endpoints the bootstrap calls, shaped as in shared/zitadel.md: it resolves its
 instance from the Host header (404 "Instance not found" otherwise), wants `Authorization: Bearer <admin PAT>`,
@@ -24,7 +24,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pytest_aiohttp import AiohttpServer
 
-from gateway.bootstrap import (
+from deploy.bootstrap import (
     BootstrapError,
     ConfigError,
     Settings,
@@ -582,7 +582,7 @@ async def run_module(env: dict[str, str]) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "gateway.bootstrap",
+        "deploy.bootstrap",
         cwd=REPO,
         env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO), **env},
         stdout=asyncio.subprocess.PIPE,

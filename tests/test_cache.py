@@ -7,11 +7,11 @@ import hashlib
 
 import pytest
 
-from gateway.cache import CachingAuthenticator, LocalCache, cache_key_prefix, positive_ttl
+from gateway.auth.cache import CachingAuthenticator, LocalCache, cache_key_prefix, positive_ttl
+from gateway.auth.introspection import Principal
 from gateway.config import CacheConfig
 from gateway.errors import IdPUnavailable, InvalidToken
-from gateway.introspection import Principal
-from gateway.metrics import Metrics
+from gateway.ops.metrics import Metrics
 
 
 class Clock:

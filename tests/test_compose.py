@@ -183,7 +183,7 @@ def python_modules(services: Json) -> dict[str, str]:
 
 def test_every_python_command_names_a_module_of_the_repository(services: Json) -> None:
     modules = python_modules(services)
-    assert modules == {"bootstrap": "gateway.bootstrap", "gateway": "gateway", "demo_backend": "demo_backend"}
+    assert modules == {"bootstrap": "deploy.bootstrap", "gateway": "gateway", "demo_backend": "demo_backend"}
     missing = []
     for module in modules.values():
         path = REPO.joinpath(*module.split("."))

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gateway.config import ConfigError, load_config, parse_config, read_environment
-from gateway.rules import Access
+from gateway.policy.rules import Access
 
 ENV = {"ZITADEL_CLIENT_ID": "id@project", "ZITADEL_CLIENT_SECRET": "secret", "ZITADEL_DOMAIN": "https://z.example"}
 

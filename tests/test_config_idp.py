@@ -1,4 +1,4 @@
-"""The `idp` keys about tokens (gateway/config_idp.py): modes, audiences, JWKS refresh, required claims."""
+"""The `idp` keys about tokens (gateway/config/idp.py): modes, audiences, JWKS refresh, required claims."""
 
 from __future__ import annotations
 

@@ -131,7 +131,7 @@ def test_it_copies_what_the_entry_points_import(stages: list[Stage]) -> None:
     assert {"pyproject.toml", "config.yaml", "gateway", "demo_backend"} <= copied
 
     entry_packages = {module.split(".")[0] for module in entry_point_modules()}
-    assert entry_packages == {"gateway", "demo_backend"}
+    assert entry_packages == {"gateway", "demo_backend", "deploy"}
     needed = set(entry_packages)
     for package in entry_packages:
         if (REPO / package).is_dir():

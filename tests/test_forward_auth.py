@@ -14,8 +14,8 @@ from pytest_aiohttp import AiohttpClient, AiohttpRawServer
 
 from gateway.app import FORWARD_AUTH, INTROSPECTOR, build_app
 from gateway.config import ConfigError, parse_config
-from gateway.headers import IDENTITY_HEADERS
-from gateway.logs import FIELDS
+from gateway.forward.headers import IDENTITY_HEADERS
+from gateway.ops.logs import FIELDS
 from gateway.testing import GatewayTestServer
 
 from .security.raw import request, send

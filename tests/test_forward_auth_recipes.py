@@ -10,8 +10,8 @@ from typing import Any
 import yaml
 
 from bench.recipes import RECIPES
+from gateway.forward.headers import IDENTITY_HEADERS
 from gateway.forward_auth import HOST_HEADER, METHOD_HEADER, URI_HEADER
-from gateway.headers import IDENTITY_HEADERS
 
 
 def _load(name: str) -> Any:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from gateway.config import parse_config
-from gateway.headers import IDENTITY_HEADERS
+from gateway.forward.headers import IDENTITY_HEADERS
 
 from .chart import CHART, FULLNAME, NAMESPACE, REPO, Json, Rendered, kubernetes_problems, merged, render, render_error
 from .support import ENV

@@ -10,12 +10,12 @@ from typing import Any
 import jwt
 import pytest
 
-from gateway.claims import ClaimSelection, Principal, principal_from_claims
+from gateway.auth.claims import ClaimSelection, Principal, principal_from_claims
+from gateway.auth.jwt_tokens import JwtRules, verify_jwt
+from gateway.auth.redis_store import dump_answer, load_answer
 from gateway.config import Config, ConfigError, parse_config
-from gateway.identity import header_text, identity_of, mapped_claims
-from gateway.identity_map import ClaimMapping, HeaderMap
-from gateway.jwt_tokens import JwtRules, verify_jwt
-from gateway.redis_store import dump_answer, load_answer
+from gateway.forward.identity import header_text, identity_of, mapped_claims
+from gateway.forward.identity_map import ClaimMapping, HeaderMap
 from tests.signing_idp import PROJECT_ID, SigningIdP, new_key
 from tests.support import ENV, gateway_document
 

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.client_auth import ASSERTION_TYPE, JwtProfile
+from gateway.auth.client_auth import ASSERTION_TYPE, JwtProfile
 from gateway.config import ClientKey, ConfigError, parse_config
 
 from .conftest import GatewayFactory

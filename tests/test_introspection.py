@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from gateway.auth.introspection import MalformedAnswer, basic_authorization, parse_introspection
 from gateway.errors import IdPUnavailable, InvalidToken
-from gateway.introspection import MalformedAnswer, basic_authorization, parse_introspection
 
 ISSUER = "https://z.example"
 NOW = 1_700_000_000.0

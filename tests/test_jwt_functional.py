@@ -20,11 +20,11 @@ from cryptography.hazmat.primitives import serialization
 from multidict import CIMultiDict
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
-from gateway.admin import readiness
 from gateway.app import RELOADER, RUNTIME, build_app
+from gateway.auth.jwks import MIN_MAX_AGE, Jwks, max_age
 from gateway.config import parse_config
-from gateway.jwks import MIN_MAX_AGE, Jwks, max_age
-from gateway.reload import ConfigSource
+from gateway.ops.admin import readiness
+from gateway.ops.reload import ConfigSource
 from gateway.testing import GatewayTestServer
 
 from .signing_idp import PROJECT_ID, ROLES_CLAIM, SigningIdP, new_key

@@ -11,12 +11,12 @@ import jwt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.claims import Principal
+from gateway.auth.claims import Principal
+from gateway.auth.introspection import parse_introspection
+from gateway.auth.jwks import prepare_key
+from gateway.auth.jwt_tokens import JwtRules, jws_header, verify_jwt
 from gateway.errors import InvalidToken
-from gateway.introspection import parse_introspection
-from gateway.jwks import prepare_key
-from gateway.jwt_tokens import JwtRules, jws_header, verify_jwt
-from gateway.rules import Access, Policy, missing_roles
+from gateway.policy.rules import Access, Policy, missing_roles
 
 from .signing_idp import PROJECT_ID, ROLES_CLAIM, SigningKey, new_key
 

@@ -9,8 +9,8 @@ import logging
 
 import pytest
 
-from gateway import logs
-from gateway.logs import AccessRecord, BatchingStreamHandler, JsonFormatter, TextFormatter
+from gateway.ops import logs
+from gateway.ops.logs import AccessRecord, BatchingStreamHandler, JsonFormatter, TextFormatter
 
 
 class CountingStream(io.StringIO):
@@ -113,7 +113,7 @@ async def test_the_access_line_goes_straight_to_the_batch_as_the_handler_chain_w
 ) -> None:
     handler, stream, logger = _access_logger()
     monkeypatch.setattr(logs, "_handler", handler)
-    monkeypatch.setattr("gateway.logs.time.time", lambda: 1_800_000_000.25)
+    monkeypatch.setattr("gateway.ops.logs.time.time", lambda: 1_800_000_000.25)
 
     def no_record(record: logging.LogRecord) -> None:
         raise AssertionError("the short cut was not taken")

@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict
 
-from gateway.logs import JsonFormatter, token_hash
+from gateway.ops.logs import JsonFormatter, token_hash
 
 from .conftest import GatewayFactory
 from .support import RecordingUpstream

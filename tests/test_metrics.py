@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from gateway.metrics import _LATENCY_BUCKETS, Metrics
+from gateway.ops.metrics import _LATENCY_BUCKETS, Metrics
 
 SAMPLES = (0.0, 0.0005, 0.0007, 0.001, 0.003, 0.05, 0.25, 0.2500001, 9.99, 10.0, 42.0)
 

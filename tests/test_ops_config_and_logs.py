@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gateway.config import Admin, ConfigError, LogSettings, ReloadSettings, parse_config
-from gateway.logs import (
+from gateway.ops.logs import (
     AccessRecord,
     JsonFormatter,
     TextFormatter,

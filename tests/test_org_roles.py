@@ -11,10 +11,10 @@ import pytest
 
 from demo_backend.idp import ROLES_CLAIM
 from gateway.__main__ import main
-from gateway.analysis import explain
-from gateway.claims import principal_from_claims
+from gateway.auth.claims import principal_from_claims
 from gateway.config import ConfigError, parse_config
-from gateway.rules import Access, PathPattern, Policy, Route, org_scope_problem, resolve_route
+from gateway.policy.analysis import explain
+from gateway.policy.rules import Access, PathPattern, Policy, Route, org_scope_problem, resolve_route
 
 from .conftest import GatewayFactory
 from .support import ENV, FakeIdP, gateway_document, gateway_process

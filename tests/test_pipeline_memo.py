@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.decision import RouteMemo
-from gateway.rules import Access, PathError, PathPattern, Policy, Route, canonical_path, match_route
+from gateway.policy.decision import RouteMemo
+from gateway.policy.paths import PathError, canonical_path
+from gateway.policy.rules import Access, PathPattern, Policy, Route, match_route
 
 ROUTES = (
     Route("public", PathPattern.compile("/api/public"), Policy(Access.PUBLIC), "default"),

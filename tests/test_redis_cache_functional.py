@@ -12,9 +12,9 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
 from gateway.app import CACHE, METRICS
-from gateway.introspection import Principal
-from gateway.metrics import Metrics
-from gateway.redis_store import KEY_PREFIX, RedisStore, dump_answer, load_answer
+from gateway.auth.introspection import Principal
+from gateway.auth.redis_store import KEY_PREFIX, RedisStore, dump_answer, load_answer
+from gateway.ops.metrics import Metrics
 
 from .conftest import GatewayFactory
 from .support import ENV, FakeIdP, RecordingUpstream, free_port, gateway_document, gateway_process

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
 from gateway.app import INTROSPECTOR, METRICS, RELOADER, RUNTIME, build_app
-from gateway.reload import ConfigSource
+from gateway.ops.reload import ConfigSource
 from gateway.testing import GatewayTestServer
 
 from .support import ENV, FakeIdP, RecordingUpstream, gateway_document

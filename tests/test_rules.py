@@ -4,16 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.rules import (
-    Access,
-    PathError,
-    PathPattern,
-    Policy,
-    Route,
-    canonical_path,
-    match_route,
-    missing_roles,
-)
+from gateway.policy.paths import PathError, canonical_path
+from gateway.policy.rules import Access, PathPattern, Policy, Route, match_route, missing_roles
 
 
 @pytest.mark.parametrize(

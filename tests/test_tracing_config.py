@@ -10,7 +10,7 @@ from multidict import CIMultiDict
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.config import ConfigError, TracingSettings, load_config, parse_config
-from gateway.tracing import Tracer
+from gateway.ops.tracing import Tracer
 
 from .support import ENV, gateway_document
 

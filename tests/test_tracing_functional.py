@@ -21,7 +21,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.app import RUNTIME
-from gateway.logs import JsonFormatter
+from gateway.ops.logs import JsonFormatter
 
 from .conftest import GatewayFactory
 from .otlp_receiver import ReceivedSpan, Receiver, otlp_receiver

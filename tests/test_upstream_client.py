@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import pytest
 from multidict import CIMultiDict
 
-from gateway.upstream import UpstreamClient, UpstreamError, UpstreamResponse, origin
-from gateway.upstream.answer import _HIGH_WATER, MAX_HEAD_BYTES, MAX_HEADERS
-from gateway.upstream.connection import request_head
+from gateway.forward.upstream import UpstreamClient, UpstreamError, UpstreamResponse, origin
+from gateway.forward.upstream.answer import _HIGH_WATER, MAX_HEAD_BYTES, MAX_HEADERS
+from gateway.forward.upstream.connection import request_head
 from tests.support import free_port
 
 SETTLE = 5.0  # the bound on waiting for something that must happen; only reached when a test fails

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from gateway.config import ConfigError, parse_config
-from gateway.rules import Cors
+from gateway.policy.rules import Cors
 from tests.conftest import GatewayFactory
 from tests.support import ENV, FakeIdP, RecordingUpstream, gateway_document
 

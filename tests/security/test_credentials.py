@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from gateway.credentials import bearer_token, form_has_token, query_token
+from gateway.auth.credentials import bearer_token, form_has_token, query_token
 from gateway.errors import InvalidRequestToken, InvalidToken
 from tests.conftest import GatewayFactory
 from tests.support import FakeIdP, RecordingUpstream

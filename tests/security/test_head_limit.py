@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from gateway.config import Limits
-from gateway.head_limit import bytes_after_head, head_end
+from gateway.ops.head_limit import bytes_after_head, head_end
 from tests.conftest import GatewayFactory
 from tests.support import RecordingUpstream
 

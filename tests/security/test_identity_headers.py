@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 from multidict import CIMultiDict
 
-from gateway.headers import forwarded_for, valid_host
+from gateway.forward.headers import forwarded_for, valid_host
 from tests.conftest import GatewayFactory
 from tests.support import RecordingUpstream
 

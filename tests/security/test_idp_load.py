@@ -8,7 +8,7 @@ import secrets
 import pytest
 
 from gateway.app import INTROSPECTOR
-from gateway.client_budget import ClientBudget
+from gateway.auth.client_budget import ClientBudget
 from gateway.errors import TooManyRequests
 from tests.conftest import GatewayFactory
 from tests.support import FakeIdP, RecordingUpstream

@@ -10,7 +10,7 @@ import pytest
 
 from gateway.app import GatewayRunner, build_app, handler_args
 from gateway.config import Limits, parse_config
-from gateway.listener import CappedSite
+from gateway.ops.listener import CappedSite
 from tests.conftest import GatewayFactory
 from tests.support import ENV, RecordingUpstream, free_port, gateway_document
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
-from gateway.http_server import refusal_for
+from gateway.ops.http_server import refusal_for
 from tests.conftest import GatewayFactory
 from tests.secret_witness import Witness, attach
 from tests.support import ENV, FakeIdP, gateway_document, gateway_process

@@ -13,7 +13,7 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from gateway.app import build_app
 from gateway.config import parse_config
-from gateway.method_override import FormScanner, query_overrides_method
+from gateway.forward.method_override import FormScanner, query_overrides_method
 from gateway.testing import GatewayTestServer
 from tests.conftest import GatewayFactory
 from tests.support import ENV, FakeIdP, RecordingUpstream, gateway_document

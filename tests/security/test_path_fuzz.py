@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.rules import PathError, canonical_path
+from gateway.policy.paths import PathError, canonical_path
 
 # Pieces attackers combine: separators, dots in every encoding, escapes valid and broken, lookalikes.
 _PIECES = [

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.analysis import explain
-from gateway.rules import Access, PathError, PathPattern, Policy, Route, canonical_path, resolve_route
+from gateway.policy.analysis import explain
+from gateway.policy.paths import PathError, canonical_path
+from gateway.policy.rules import Access, PathPattern, Policy, Route, resolve_route
 from tests.conftest import GatewayFactory
 from tests.support import FakeIdP, RecordingUpstream
 

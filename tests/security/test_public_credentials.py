@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from yarl import URL
 
+from gateway.auth.credentials import without_query_token
 from gateway.config import ConfigError, parse_config
-from gateway.credentials import without_query_token
 from tests.conftest import GatewayFactory
 from tests.support import ENV, FakeIdP, RecordingUpstream, gateway_document
 

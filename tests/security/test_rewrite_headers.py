@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.headers import header_value, identity_headers
+from gateway.forward.headers import header_value, identity_headers
 from tests.conftest import GatewayFactory
 from tests.support import RecordingUpstream
 

@@ -18,8 +18,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.upstream import UpstreamClient, UpstreamError
-from gateway.upstream.connection import Connection
+from gateway.forward.upstream import UpstreamClient, UpstreamError
+from gateway.forward.upstream.connection import Connection
 from tests.conftest import GatewayFactory
 
 from .raw import WAIT, raw_upstream, request, send, until_closed

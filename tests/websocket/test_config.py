@@ -10,7 +10,7 @@ import yaml
 
 from gateway.__main__ import main
 from gateway.config import ConfigError, WebSocketSettings, parse_config
-from gateway.logs import effective_config
+from gateway.ops.logs import effective_config
 
 from ..support import ENV, gateway_document
 

@@ -8,7 +8,7 @@ from typing import Any, cast
 import pytest
 from multidict import CIMultiDict
 
-from gateway.decision import BeforeAuth, Decision, Inbound, Trace
+from gateway.auth.introspection import Principal
 from gateway.errors import (
     BadRequest,
     IdPBusy,
@@ -18,11 +18,8 @@ from gateway.errors import (
     NotFound,
     TooManyRequests,
 )
-from gateway.introspection import Principal
-from gateway.reload import Slot
-from gateway.rules import Access, PathPattern, Policy, Route
-from gateway.websocket.guard import RouteGone
-from gateway.websocket.lifetime import (
+from gateway.forward.websocket.guard import RouteGone
+from gateway.forward.websocket.lifetime import (
     EXPIRED,
     IDP_UNAVAILABLE,
     MAX_FAILED_RECHECKS,
@@ -31,6 +28,9 @@ from gateway.websocket.lifetime import (
     ROUTE,
     Lifetime,
 )
+from gateway.ops.reload import Slot
+from gateway.policy.decision import BeforeAuth, Decision, Inbound, Trace
+from gateway.policy.rules import Access, PathPattern, Policy, Route
 
 ROUTE_WS = Route("ws", PathPattern.compile("/ws/**"), Policy(Access.AUTHENTICATED), "default", websocket=True)
 

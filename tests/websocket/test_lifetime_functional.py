@@ -15,7 +15,7 @@ from pytest_aiohttp import AiohttpClient
 
 from demo_backend.idp import DEMO_TOKENS
 from gateway.app import INTROSPECTOR, RELOADER, build_app
-from gateway.reload import ConfigSource
+from gateway.ops.reload import ConfigSource
 from gateway.testing import GatewayTestServer
 
 from ..support import ENV, FakeIdP, gateway_document

@@ -1,0 +1,1 @@
+"""Who is calling: bearer credentials, introspection, JWTs, the answer cache, the IdP client, the breaker."""

@@ -1,0 +1,1 @@
+"""What goes upstream: header transforms, the request body, and the upstream hop."""

@@ -1,0 +1,1 @@
+"""Running it: serving and listeners, workers, reload, the admin listener, metrics and logs."""
