@@ -20,11 +20,14 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.app import RUNTIME
+from gateway.app import RUNTIME, build_app
+from gateway.config import parse_config
 from gateway.ops.logs import JsonFormatter
+from gateway.testing import GatewayTestServer
 
 from .conftest import GatewayFactory
 from .otlp_receiver import ReceivedSpan, Receiver, otlp_receiver
+from .signing_idp import PROJECT_ID, ROLES_CLAIM, SigningIdP
 from .support import ENV, FakeIdP, RecordingUpstream, free_port, gateway_document, gateway_process
 
 Client = TestClient[Any, Any]
@@ -217,3 +220,39 @@ async def test_the_gateway_process_exports_with_the_otel_variables(
     assert decision.attributes["gateway.mode"] == "forward_auth" and decision.parent_span_id == PARENT_ID
     assert READER.encode() not in receiver.raw()
     assert os.environ.get("OTEL_SERVICE_NAME") != "from-env"  # set for the process only
+
+
+async def test_a_jwks_fetch_for_a_new_key_is_a_child_of_the_request_that_needed_it(
+    aiohttp_server: Any, aiohttp_client: Any, receiver: Receiver, upstream_url: str
+) -> None:
+    port = free_port()
+    signing = SigningIdP(issuer=f"http://127.0.0.1:{port}")
+    await aiohttp_server(signing.build_app(), port=port)
+    document = gateway_document(
+        issuer=signing.issuer,
+        upstream_url=upstream_url,
+        routes=ROUTES,
+        access_tokens="jwt",
+        project_id=PROJECT_ID,
+        jwks_refresh_seconds=0,  # the unknown kid may refetch at once, right after the fetch at start
+    )
+    document["tracing"] = tracing(receiver)
+    gateway: Client = await aiohttp_client(GatewayTestServer(build_app(parse_config(document, source="t", env=ENV))))
+    dispatch = gateway.app[RUNTIME].current.dispatch
+    assert dispatch is not None
+    for _ in range(100):  # the key set fetched at start: a root span of its own, or none
+        if dispatch.jwks.ready:
+            break
+        await asyncio.sleep(0.02)
+    token = signing.sign(signing.rotate(), extra={ROLES_CLAIM: {"read:messages": {"1": "a"}}})
+    resp = await gateway.get(
+        "/api/private-scoped", headers={"Authorization": f"Bearer {token}", "traceparent": SAMPLED}
+    )
+    assert resp.status == 200
+    await flush(gateway)
+    fetch = next(s for s in receiver.named("jwks fetch") if s.trace_id == TRACE_ID)
+    check = one([s for s in receiver.named("introspection") if s.trace_id == TRACE_ID])
+    assert (fetch.kind, fetch.parent_span_id) == ("client", check.span_id)
+    assert fetch.attributes["url.full"] == signing.issuer + "/oauth/v2/keys"
+    assert fetch.attributes["gateway.outcome"] == "ok"
+    assert token.encode() not in receiver.raw()

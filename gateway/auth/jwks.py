@@ -22,6 +22,7 @@ import jwt
 
 from gateway.config import IdPConfig
 from gateway.errors import IdPUnavailable, InvalidToken
+from gateway.ops.tracing import end_call, start_call
 
 log = logging.getLogger("gateway.jwks")
 
@@ -135,6 +136,17 @@ class Jwks:
         self._inflight = None
 
     async def _fetch(self) -> bool:
+        # A child of the request that asked for an unknown `kid` when its trace is sampled (the fetch runs in that
+        # request's context); none for the fetch at start.
+        call = start_call("jwks fetch", "GET", self._uri or self._config.issuer)
+        fetched = False
+        try:
+            fetched = await self._fetch_keys()
+            return fetched
+        finally:
+            end_call(call, "ok" if fetched else "error")
+
+    async def _fetch_keys(self) -> bool:
         self.fetches += 1
         try:
             uri = self._uri or await self._discover()
