@@ -14,6 +14,7 @@ so a head may exceed the bound by at most one read, once per request with a body
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from aiohttp import web
@@ -29,6 +30,19 @@ TOO_LARGE = (
     b"X-Content-Type-Options: nosniff\r\nConnection: close\r\n" + b"Content-Length: %d\r\n\r\n" % len(_BODY) + _BODY
 )
 
+
+_NOT_HTTP_BODY = b'{"error":"invalid_request","error_description":"only HTTP/1.0 and HTTP/1.1 requests are served"}'
+# llhttp reads `GET / RTSP/1.0` as HTTP/1.0 and reports only the numbers; the protocol name is seen here, in the
+# raw request line, or nowhere.
+NOT_HTTP = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
+    b"X-Content-Type-Options: nosniff\r\nConnection: close\r\n"
+    + b"Content-Length: %d\r\n\r\n" % len(_NOT_HTTP_BODY)
+    + _NOT_HTTP_BODY
+)
+# A request line of another protocol anywhere in a read that held several requests (pipelining).
+_FOREIGN_LINE = re.compile(rb"(?m)^[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [^ \r\n]+ (?!HTTP/)[A-Za-z]+/\d")
+_MAX_LINE_SEEN = 65536  # past this the parser's own line bound has refused the request
 
 _LINGER = 1.0  # seconds
 
@@ -48,7 +62,7 @@ def bytes_after_head(seen: bytes) -> int | None:
 class BoundedRequestHandler(RequestHandler):
     """aiohttp's connection handler with the whole request head bounded."""
 
-    __slots__ = ("_body", "_head", "_max_head", "_refused", "_tail")
+    __slots__ = ("_body", "_head", "_line", "_max_head", "_refused", "_tail")
 
     def __init__(self, manager: web.Server, *, max_head_bytes: int, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -56,6 +70,7 @@ class BoundedRequestHandler(RequestHandler):
         self._head = 0  # bytes of the head now arriving
         self._body: StreamReader | None = None  # the body now arriving, whose bytes are not counted
         self._tail = b""  # the last bytes of the previous read: a terminator may straddle two reads
+        self._line: bytearray | None = bytearray()  # the request line so far; None once it was checked
         self._refused = False
 
     def data_received(self, data: bytes) -> None:
@@ -66,6 +81,10 @@ class BoundedRequestHandler(RequestHandler):
             return
         if self._body is not None and self._body.is_eof():
             self._start_head()
+        if self._body is None and data and self._line is not None:
+            self._line += data[:_MAX_LINE_SEEN]
+            if self._not_http():
+                return
         if self._body is None and data:
             # Counted up to the end of this head only: what follows it in the same read is a body, or more requests.
             end = head_end(self._tail + data)
@@ -75,6 +94,12 @@ class BoundedRequestHandler(RequestHandler):
                 return
         before = self._request_count
         super().data_received(data)
+        if self._request_count - before > 1 and _FOREIGN_LINE.search(data):
+            # Requests pipelined in one read were parsed together: one of them is not HTTP. Nothing on this
+            # connection is served any more (on the safe side: a body line that looks like one closes it too).
+            self._refused = True
+            self.force_close()
+            return
         if self._request_count != before:  # the parser completed a head (or refused one) in this read
             payload = self._messages[-1][1]
             if not payload.is_eof():
@@ -88,6 +113,8 @@ class BoundedRequestHandler(RequestHandler):
                 self._start_head(data[len(data) - after :])
                 if self._head > self._max_head:
                     self._refuse()
+                elif self._not_http():
+                    return
         elif self._body is not None and self._body.is_eof():
             self._start_head()
         elif self._body is None:
@@ -98,14 +125,31 @@ class BoundedRequestHandler(RequestHandler):
         self._body = body
         self._head = len(begun)
         self._tail = begun[-3:]
+        self._line = None if body is not None else bytearray(begun)
 
-    def _refuse(self) -> None:
+    def _not_http(self) -> bool:
+        """Once the request line is whole: a protocol other than HTTP (`RTSP/1.0`) is refused, 400."""
+        assert self._line is not None
+        line = bytes(self._line).lstrip(b"\r\n")  # empty lines before a request line are allowed (RFC 9112 2.2)
+        end = line.find(b"\n")
+        if end < 0:
+            if len(line) >= _MAX_LINE_SEEN:
+                self._line = None
+            return False
+        self._line = None
+        version = line[:end].rstrip(b"\r").rpartition(b" ")[2]
+        if b"/" in version and not version.startswith(b"HTTP/"):
+            self._refuse(NOT_HTTP)
+            return True
+        return False
+
+    def _refuse(self, answer: bytes = TOO_LARGE) -> None:
         self._refused = True
         transport = self.transport
         if transport is None or self._current_request is not None or self._messages:
             self.force_close()  # another answer is under way: a 431 would land inside it
             return
-        transport.write(TOO_LARGE)
+        transport.write(answer)
         if transport.can_write_eof():
             transport.write_eof()
         # Closing with unread input would send a reset, which can destroy the 431 before the client reads it: read
@@ -113,4 +157,4 @@ class BoundedRequestHandler(RequestHandler):
         self._loop.call_later(_LINGER, self.force_close)
 
 
-__all__ = ["TOO_LARGE", "BoundedRequestHandler"]
+__all__ = ["NOT_HTTP", "TOO_LARGE", "BoundedRequestHandler"]

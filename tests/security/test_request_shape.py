@@ -27,7 +27,10 @@ ROUTES = [
         ("GET /open/x HTTP/3.0", 400),  # refused by llhttp itself
         ("DESCRIBE /open/x RTSP/1.0", 400),  # llhttp reports 1.0; the method can only be RTSP's
         ("SET_PARAMETER /open/x RTSP/1.0", 400),
-        ("PLAY /open/x RTSP/2.0", 505),
+        ("PLAY /open/x RTSP/2.0", 400),
+        ("GET /open/x RTSP/1.0", 400),  # an HTTP method on an RTSP line: llhttp takes it for HTTP/1.0
+        ("POST /open/x RTSP/1.0", 400),
+        ("GET /open/x ICE/1.0", 400),
     ],
 )
 async def test_only_http_10_and_11_are_served(
@@ -149,3 +152,16 @@ async def test_a_method_llhttp_does_not_know_is_refused_by_the_parser(
     answer = await send(gw.port, request("/open/x", "Content-Length: 3", method=method, body=b"abc"))
     assert answer.statuses == [400]
     assert upstream.seen == []
+
+
+async def test_a_pipelined_request_of_another_protocol_is_refused_after_the_first_is_answered(
+    make_gateway: GatewayFactory, upstream: RecordingUpstream
+) -> None:
+    gw = await make_gateway(ROUTES)
+    first = b"GET /open/a HTTP/1.1\r\nHost: gateway.test\r\n\r\n"
+    second = b"GET /open/b RTSP/1.0\r\nHost: gateway.test\r\n\r\n"
+    for data in (first + second, second + first):  # in one read: the connection is closed, nothing after is served
+        answer = await send(gw.port, data)
+        assert 200 not in answer.statuses[1:]
+    answer = await send(gw.port, first + b"\r\n" + second)
+    assert "/open/b" not in [s.raw_path for s in upstream.seen]  # the RTSP request never reaches the upstream
