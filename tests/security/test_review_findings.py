@@ -11,11 +11,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from pytest_aiohttp import AiohttpServer
 
 from demo_backend.idp import DEMO_TOKENS
 
 from ..ingress import ingress
+from ..signing_idp import PROJECT_ID, SigningIdP
 from ..support import ENV, FakeIdP, RecordingUpstream, free_port, gateway_document, gateway_process
 from ..websocket.servers import WebSocketUpstream
 from .raw import request, send
@@ -170,3 +172,43 @@ async def test_forward_auth_websocket_outlives_the_revocation_of_its_token(
                 message = await ws.receive(timeout=5)
                 assert message.type is not aiohttp.WSMsgType.TEXT, (base, message.data)
                 assert ws.close_code == 1008, base
+
+
+async def test_the_cached_recipe_keeps_a_jwt_allow_past_cache_ttl_and_past_a_reload(
+    aiohttp_server: AiohttpServer, upstream_url: str, tmp_path: Path
+) -> None:
+    """README: an allow's `X-Accel-Expires` is "never more than `cache.ttl_seconds`", and "a config reload reaches
+    cached allows within N too". With `idp.access_tokens: jwt` the verified-token cache has no TTL, so the allow
+    says what is left of the token's `exp` (an hour here, with `ttl_seconds: 2`). An operator who tightens a route
+    (now `roles: [admin]`) gets 403 through the proxy at once, while nginx's cached recipe keeps serving the old
+    allow to the same token for the rest of the hour."""
+    port = free_port()
+    signing = SigningIdP(issuer=f"http://127.0.0.1:{port}")
+    await aiohttp_server(signing.build_app(), port=port)
+    routes: list[dict[str, Any]] = [{"path": "/api/private", "policy": "authenticated"}]
+    document = gateway_document(
+        issuer=signing.issuer, upstream_url=upstream_url, routes=routes, access_tokens="jwt", project_id=PROJECT_ID
+    )
+    decisions = free_port()
+    document["forward_auth"] = {"host": "127.0.0.1", "port": decisions}
+    document["cache"] = {"ttl_seconds": 2}
+    document["reload"] = {"poll_seconds": 0.2}
+    token = signing.sign(lifetime=3600)
+    auth = f"Authorization: Bearer {token}"
+    backend = int(upstream_url.rsplit(":", 1)[1])
+    async with gateway_process(document, tmp_path, ENV) as (url, _):
+        proxy = int(url.rsplit(":", 1)[1])
+        asked = await send(decisions, request("/", auth, "X-Forwarded-Method: GET", "X-Forwarded-Uri: /api/private"))
+        assert asked.status == 200
+        head = asked.raw.partition(b"\r\n\r\n")[0].decode().lower()
+        keep = next(int(line.split(": ")[1]) for line in head.splitlines() if line.startswith("x-accel-expires: "))
+        async with ingress("nginx-cached", tmp_path, gateway=decisions, backend=backend) as nginx:
+            assert (await send(nginx, request("/api/private", auth))).status == 200
+            config = tmp_path / f"gateway-{proxy}.yaml"
+            tightened = yaml.safe_load(config.read_text())
+            tightened["routes"] = [{"path": "/api/private", "roles": {"any_of": ["admin"]}}]
+            config.write_text(yaml.safe_dump(tightened))
+            await asyncio.sleep(4)  # the reload (0.2 s poll) and the 2 s TTL have both passed
+            assert (await send(proxy, request("/api/private", auth))).status == 403
+            through_nginx = (await send(nginx, request("/api/private", auth))).status
+    assert (through_nginx, keep <= 2) == (403, True), f"X-Accel-Expires {keep} with ttl_seconds 2"
