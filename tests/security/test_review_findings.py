@@ -16,6 +16,7 @@ from pytest_aiohttp import AiohttpServer
 
 from demo_backend.idp import DEMO_TOKENS
 
+from ..conftest import GatewayFactory
 from ..ingress import ingress
 from ..signing_idp import PROJECT_ID, SigningIdP
 from ..support import ENV, FakeIdP, RecordingUpstream, free_port, gateway_document, gateway_process
@@ -212,3 +213,47 @@ async def test_the_cached_recipe_keeps_a_jwt_allow_past_cache_ttl_and_past_a_rel
             assert (await send(proxy, request("/api/private", auth))).status == 403
             through_nginx = (await send(nginx, request("/api/private", auth))).status
     assert (through_nginx, keep <= 2) == (403, True), f"X-Accel-Expires {keep} with ttl_seconds 2"
+
+
+OVERRIDE_ROUTES: list[dict[str, Any]] = [
+    {"path": "/api/public", "policy": "public"},
+    {"path": "/items/**", "methods": ["POST"], "policy": "authenticated"},
+]
+FORM = "Content-Type: application/x-www-form-urlencoded"
+
+
+@pytest.mark.parametrize(
+    ("target", "body"),
+    [
+        ("/items/x?%20_method=DELETE", b""),
+        ("/items/x?+_method=DELETE", b""),
+        ("/items/x", b"+_method=DELETE"),
+        ("/items/x", b"%20%20_method=DELETE"),
+    ],
+)
+async def test_a_method_override_behind_a_leading_space_reaches_the_upstream(
+    make_gateway: GatewayFactory, upstream: RecordingUpstream, target: str, body: bytes
+) -> None:
+    """`_method` is refused "as PHP reads them" (`.method`, `%5Fmethod`, `_method[]`), but PHP also drops leading
+    spaces from a parameter name (php-src main/php_variables.c, php_register_variable_ex: "ignore leading spaces in
+    the variable name"), so `+_method=DELETE` (or `%20_method`) in the query or a form body is `_method=DELETE` to
+    Laravel and Symfony. The gateway relays it on a route that allows POST only, and the backend runs a DELETE."""
+    gateway = await make_gateway(OVERRIDE_ROUTES)
+    before = len(upstream.seen)
+    headers = (READER, FORM, f"Content-Length: {len(body)}")
+    answer = await send(gateway.port, request(target, *headers, method="POST", body=body))
+    assert upstream.seen[before:] == [], answer.status
+    assert answer.status == 400
+
+
+@pytest.mark.parametrize("field", ["access.token", "+access_token", "access%20token", "access[token"])
+async def test_a_query_token_spelled_as_php_reads_it_is_not_removed_on_a_public_route(
+    make_gateway: GatewayFactory, upstream: RecordingUpstream, field: str
+) -> None:
+    """On a public route every `access_token` query parameter is removed, so that an upstream is never handed a
+    credential nobody checked. PHP reads `access.token`, `+access_token`, `access token` and `access[token` as
+    `access_token` (the same folding the `_method` check already knows); the gateway relays them untouched."""
+    gateway = await make_gateway(OVERRIDE_ROUTES)
+    answer = await send(gateway.port, request(f"/api/public?{field}=forged.jwt.value"))
+    assert answer.status == 200
+    assert "forged" not in upstream.last.raw_path, upstream.last.raw_path
