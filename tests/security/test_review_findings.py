@@ -12,9 +12,13 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from pytest_aiohttp import AiohttpServer
+from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from demo_backend.idp import DEMO_TOKENS
+from gateway.app import build_app
+from gateway.config import parse_config
+from gateway.testing import GatewayTestServer
 
 from ..conftest import GatewayFactory
 from ..ingress import ingress
@@ -257,3 +261,63 @@ async def test_a_query_token_spelled_as_php_reads_it_is_not_removed_on_a_public_
     answer = await send(gateway.port, request(f"/api/public?{field}=forged.jwt.value"))
     assert answer.status == 200
     assert "forged" not in upstream.last.raw_path, upstream.last.raw_path
+
+
+@pytest.mark.parametrize("path", ["/live/ws/echo", "/pub/ws/echo"])
+async def test_a_forged_mapped_identity_header_reaches_a_websocket_upstream(
+    idp: FakeIdP, aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient, path: str
+) -> None:
+    """`identity.headers` names are removed from every client request "on every route, by the same normalised
+    comparison" as `X-Auth-*`, so a backend can believe `X-User-Email`. A plain request has it removed; a WebSocket
+    upgrade does not: the client's own `X-User-Email: forged` arrives at the upstream's WebSocket handler (on an
+    authenticated route whose token has no `email` claim, and on a public route), where the backend takes it for the
+    gateway's."""
+    upstream = WebSocketUpstream()
+    server = await aiohttp_server(upstream.build_app())
+    routes = [
+        {"path": "/live/**", "policy": "authenticated", "websocket": True},
+        {"path": "/pub/**", "policy": "public", "websocket": True},
+    ]
+    document = gateway_document(
+        issuer=idp.issuer,
+        upstream_url=str(server.make_url("")).rstrip("/"),
+        routes=routes,
+        introspection_endpoint=idp.issuer + "/oauth/v2/introspect",
+    )
+    document["identity"] = {"headers": {"X-User-Email": "email"}}
+    client: TestClient[Any, Any] = await aiohttp_client(
+        GatewayTestServer(build_app(parse_config(document, source="t.yaml", env=ENV)))
+    )
+    headers = {"Authorization": "Bearer demo-reader-token", "X-User-Email": "forged@evil.example"}
+    async with client.ws_connect(path, headers=headers) as ws:
+        await ws.send_str("hi")
+        assert (await ws.receive(timeout=5)).data == "hi"
+    seen = dict((name.lower(), value) for name, value in upstream.seen[-1].headers)
+    assert seen.get("x-user-email") != "forged@evil.example", path
+
+
+async def test_a_websocket_upgrade_carries_no_identity_assertion(
+    idp: FakeIdP, aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient
+) -> None:
+    """With `identity.assertion` on, "every allowed request carries a JWT signed by the gateway", and the upgrade is
+    forwarded with "the identity and forwarded headers of a plain request". An allowed upgrade reaches the upstream
+    without `X-Auth-Assertion`, so a backend that verifies the assertion (as README's ten lines do) must refuse
+    every WebSocket, or fall back to the unsigned headers the assertion exists to replace."""
+    upstream = WebSocketUpstream()
+    server = await aiohttp_server(upstream.build_app())
+    routes = [{"path": "/live/**", "policy": "authenticated", "websocket": True}]
+    document = gateway_document(
+        issuer=idp.issuer,
+        upstream_url=str(server.make_url("")).rstrip("/"),
+        routes=routes,
+        introspection_endpoint=idp.issuer + "/oauth/v2/introspect",
+    )
+    document["identity"] = {"assertion": {"issuer": "zitadel-gateway"}}
+    client: TestClient[Any, Any] = await aiohttp_client(
+        GatewayTestServer(build_app(parse_config(document, source="t.yaml", env=ENV)))
+    )
+    async with client.ws_connect("/live/ws/echo", headers={"Authorization": "Bearer demo-reader-token"}) as ws:
+        await ws.send_str("hi")
+        assert (await ws.receive(timeout=5)).data == "hi"
+    names = {name.lower() for name, _ in upstream.seen[-1].headers}
+    assert "x-auth-assertion" in names
