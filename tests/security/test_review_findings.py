@@ -25,7 +25,7 @@ from ..ingress import ingress
 from ..signing_idp import PROJECT_ID, SigningIdP
 from ..support import ENV, FakeIdP, RecordingUpstream, free_port, gateway_document, gateway_process
 from ..websocket.servers import WebSocketUpstream
-from .raw import request, send
+from .raw import raw_upstream, request, send
 
 READER = "Authorization: Bearer demo-reader-token"
 ROUTES: list[dict[str, Any]] = [
@@ -321,3 +321,56 @@ async def test_a_websocket_upgrade_carries_no_identity_assertion(
         assert (await ws.receive(timeout=5)).data == "hi"
     names = {name.lower() for name, _ in upstream.seen[-1].headers}
     assert "x-auth-assertion" in names
+
+
+async def test_an_upgrade_allowed_on_a_public_route_through_caddy_tunnels_unchecked_requests(
+    idp: FakeIdP, tmp_path: Path
+) -> None:
+    """h2c smuggling through the Caddy recipe. An anonymous client sends `GET /api/public` with `Upgrade: h2c`;
+    forward-auth decides only the public GET (200), Caddy relays the upgrade, and once the backend switches
+    protocols the connection is a tunnel that neither Caddy nor the gateway reads again: every request the client
+    then writes (`GET /api/private-scoped`, which needs a role) reaches the backend without a token or a decision.
+    The proxy mode never relays an `Upgrade` outside a `websocket: true` route; forward-auth should refuse one."""
+    heads: list[bytes] = []
+
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # A backend that accepts an h2c upgrade; after the switch it reads what the client sends (HTTP/1.1 framing
+        # stands in for HTTP/2 frames here: either way, nobody in front of it checks what it reads).
+        head = await reader.readuntil(b"\r\n\r\n")
+        heads.append(head.split(b"\r\n")[0])
+        if b"upgrade: h2c" in head.lower():
+            writer.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                heads.append(head.split(b"\r\n")[0])
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecret")
+                await writer.drain()
+        writer.close()
+
+    routes: list[dict[str, Any]] = [
+        {"path": "/api/public", "policy": "public"},
+        {"path": "/api/private-scoped", "roles": {"any_of": ["read:messages"]}},
+    ]
+    async with raw_upstream(backend) as url, stack("caddy", idp, url, tmp_path, routes) as (port, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(
+                b"GET /api/public HTTP/1.1\r\nHost: gateway.test\r\nUpgrade: h2c\r\n"
+                b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nConnection: Upgrade, HTTP2-Settings\r\n\r\n"
+            )
+            await writer.drain()
+            first = await asyncio.wait_for(reader.read(4096), 10)
+            if first.startswith(b"HTTP/1.1 101"):
+                writer.write(b"GET /api/private-scoped HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+                await writer.drain()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(reader.read(4096), 5)
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+    assert b"GET /api/private-scoped HTTP/1.1" not in heads, heads
