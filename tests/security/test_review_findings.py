@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jwt
 import pytest
 import yaml
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
+from bench.recipes import render
 from demo_backend.idp import DEMO_TOKENS
 from gateway.app import build_app
 from gateway.config import parse_config
@@ -374,3 +377,35 @@ async def test_an_upgrade_allowed_on_a_public_route_through_caddy_tunnels_unchec
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
     assert b"GET /api/private-scoped HTTP/1.1" not in heads, heads
+
+
+async def test_the_cached_recipe_hands_the_backend_an_expired_assertion(
+    idp: FakeIdP, upstream: RecordingUpstream, upstream_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The allow answer carries the signed assertion, and the README tells nginx users to copy it like the five
+    `X-Auth-*`. nginx's cached recipe keeps the whole answer for `X-Accel-Expires`, which follows the token's cache
+    entry (60 s here) and not the assertion's `exp` (2 s here), so for most of that time every request reaches the
+    backend with an assertion that has already expired: a backend that verifies it (README's ten lines) answers 401
+    to a user the gateway allowed. An allow that carries an assertion may be kept no longer than the assertion."""
+
+    def with_assertion(recipe: str, **ports: int) -> str:
+        text = render(recipe, **ports)
+        pair = (
+            "auth_request_set $zg_assertion $upstream_http_x_auth_assertion;\n"
+            "        proxy_set_header X-Auth-Assertion $zg_assertion;\n"
+            "        auth_request_set $zg_subject"
+        )
+        return text.replace("auth_request_set $zg_subject", pair, 1)
+
+    monkeypatch.setattr("tests.ingress.render", with_assertion)
+    top = {"cache": {"ttl_seconds": 60}, "identity": {"assertion": {"issuer": "gw", "lifetime_seconds": 2}}}
+    async with stack("nginx-cached", idp, upstream_url, tmp_path, ROUTES, **top) as (port, _):
+        received: list[tuple[float, dict[str, Any]]] = []
+        for _ in range(2):
+            answer = await send(port, request("/api/private", READER))
+            assert answer.status == 200
+            token = dict((n.lower(), v) for n, v in upstream.last.headers)["x-auth-assertion"]
+            received.append((time.time(), jwt.decode(token, options={"verify_signature": False})))
+            await asyncio.sleep(3.5)
+    for at, claims in received:
+        assert claims["exp"] > at, f"the backend got an assertion {at - claims['exp']:.1f} s past its exp"
