@@ -15,13 +15,14 @@ import asyncio
 import math
 import time
 
+import jwt
 from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.answers import answer_for
 from gateway.config import Config, ForwardAuth
 from gateway.errors import BadRequest, GatewayError
-from gateway.forward.headers import IDENTITY_HEADERS, IDENTITY_PREFIX, forwarded_for, normalised_name
+from gateway.forward.headers import IDENTITY_HEADERS, IDENTITY_PREFIX, REWRITES, forwarded_for, normalised_name
 from gateway.ops.logs import request_id
 from gateway.pipeline import REQUEST_ID_HEADER, Runtime, client_request_id, record
 from gateway.policy.decision import Decision, Inbound, Trace
@@ -61,6 +62,21 @@ def original_request(config: Config, request: web.BaseRequest) -> Inbound:
     return Inbound(method, target, request.headers, hosts[0] if hosts else None, client.client_ip)
 
 
+def _refuse_what_it_cannot_strip(request: web.BaseRequest) -> None:
+    """The proxy mode drops what frameworks act on and closes upgrades it does not relay; an ingress relays the
+    client's headers and upgrades as they are, and the gateway can only refuse them.
+
+    - `Upgrade`: an allowed request would become a tunnel (h2c) or a WebSocket whose lifetime nobody polices; every
+      later request on it is never decided. WebSockets go through the proxy mode, which checks them for their life.
+    - Method-override and URL-rewrite headers: the backend would act on another method or path than was decided.
+    """
+    if "Upgrade" in request.headers:
+        raise BadRequest("forward-auth does not authorise upgrades: WebSockets go through the gateway's proxy")
+    for name in request.headers:
+        if normalised_name(name) in REWRITES:
+            raise BadRequest(f"the request carries {name}, which would change what the backend acts on")
+
+
 def _refuse_forged_identity(runtime: Runtime, request: web.BaseRequest) -> None:
     """An identity header spelled with `_` cannot be overwritten by the ingress (Caddy, Traefik and Envoy pass such
     names through; WSGI and CGI backends read `X_Auth_Subject` as `X-Auth-Subject`). No client has a reason to
@@ -78,12 +94,15 @@ def allow_headers(runtime: Runtime, decision: Decision, request_id: str = "-") -
     to, and an empty value replaces (nginx: removes) whatever the client sent under that name."""
     names = (*IDENTITY_HEADERS, *runtime.config.identity.names)  # the mapped ones and the assertion's too
     headers: CIMultiDict[str] = CIMultiDict((name, decision.identity.get(name, "")) for name in names)
+    seconds = _keep_for(runtime, decision)
     signer = runtime.signer
     if signer is not None and decision.principal is not None:
-        headers[signer.header] = signer.assertion(
+        assertion = signer.assertion(
             decision.principal, decision.route.identity_headers, decision.route.upstream, request_id
         )
-    seconds = _keep_for(runtime, decision)
+        headers[signer.header] = assertion
+        # A kept allow hands its assertion to the backend again: never after the assertion's own exp.
+        seconds = min(seconds, max(0, math.floor(_expires_at(assertion) - time.time())))
     if seconds > 0:
         # nginx's cache honours X-Accel-Expires (Cache-Control `private` alone would stop it); a shared cache that
         # follows the standard may not store a private answer.
@@ -96,13 +115,20 @@ def allow_headers(runtime: Runtime, decision: Decision, request_id: str = "-") -
 
 
 def _keep_for(runtime: Runtime, decision: Decision) -> int:
-    """How long an ingress may keep this allow: never longer than the gateway itself keeps the token's answer (so a
-    revoked token stops working within the same bound) nor past the token's `exp`. 0 for public routes (a reload
-    then applies to them at once) and when nothing is cached."""
+    """How long an ingress may keep this allow: never longer than `cache.ttl_seconds` nor than the gateway itself
+    keeps the token's answer (so a revoked token, and a reload's new rules, take effect within the same bound as
+    through the proxy), nor past the token's `exp`. 0 for public routes (a reload then applies to them at once) and
+    when nothing is cached. A JWT verified here is kept until its `exp`; its allow, still only `ttl_seconds`."""
     if decision.token is None:
         return 0
     checked_by = runtime.decider.authenticator_for(decision.token, decision.route)
-    return max(0, math.floor(checked_by.remaining(decision.token)))
+    return max(0, math.floor(min(checked_by.remaining(decision.token), runtime.config.cache.ttl)))
+
+
+def _expires_at(assertion: str) -> float:
+    """The `exp` of an assertion the gateway has just signed (its own token: read, not verified)."""
+    claims = jwt.decode(assertion, options={"verify_signature": False})
+    return float(claims["exp"])
 
 
 async def handle_forward_auth(runtime: Runtime, request: web.BaseRequest) -> web.StreamResponse:
@@ -116,6 +142,7 @@ async def handle_forward_auth(runtime: Runtime, request: web.BaseRequest) -> web
         inbound = original_request(runtime.config, request)
         method = inbound.method
         _refuse_forged_identity(runtime, request)
+        _refuse_what_it_cannot_strip(request)
         decision = await runtime.decider.decide(inbound, trace, exact=True)
     except asyncio.CancelledError:
         record(runtime, method, trace, 499, "error", "aborted", started, mode="forward_auth")

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.auth.cache import CachingAuthenticator
 from gateway.auth.client_budget import ClientBudget
@@ -23,7 +24,7 @@ from gateway.config import Config, Limits
 from gateway.errors import ExpectationFailed, GatewayError, InvalidRequestToken, PayloadTooLarge
 from gateway.forward.assertion import Signer
 from gateway.forward.body import BodyGuard
-from gateway.forward.headers import dropped_request_headers, forwarded_for, upstream_request_headers
+from gateway.forward.headers import ForwardedFor, dropped_request_headers, forwarded_for, upstream_request_headers
 from gateway.forward.method_override import body_scanner
 from gateway.forward.proxy import forward
 from gateway.forward.upstream import UpstreamClient
@@ -31,7 +32,7 @@ from gateway.ops.logs import log_access, request_id
 from gateway.ops.metrics import Metrics
 from gateway.ops.request_shape import HTTP_11, refuse_body, refuse_malformed
 from gateway.ops.tracing import Tracer, end_exchange
-from gateway.policy.decision import Decider, Inbound, Trace, upstream_target
+from gateway.policy.decision import Decider, Decision, Inbound, Trace, upstream_target
 from gateway.policy.rules import Route
 
 access_log = logging.getLogger("gateway.access")
@@ -129,6 +130,29 @@ def client_request_id(request: web.BaseRequest) -> str | None:
     return sent[0] if len(sent) == 1 else None
 
 
+def upstream_headers(
+    runtime: Runtime, client: CIMultiDictProxy[str], decision: Decision, forwarded: ForwardedFor, rid: str
+) -> CIMultiDict[str]:
+    """What an allowed request carries upstream, whichever transport sends it (a plain request, a WebSocket
+    upgrade): the client's headers less everything the gateway owns, the identity, the assertion, the request id."""
+    route = decision.route
+    headers = upstream_request_headers(
+        client,
+        identity=decision.identity,
+        forwarded=forwarded,
+        pass_authorization=route.pass_authorization and decision.relay_authorization,
+        dropped=runtime.dropped,
+    )
+    if runtime.signer is not None and decision.principal is not None:
+        headers[runtime.signer.header] = runtime.signer.assertion(
+            decision.principal, route.identity_headers, route.upstream, rid
+        )
+    if decision.token is not None and route.pass_authorization:
+        headers["Authorization"] = f"Bearer {decision.token}"  # the token we checked, whichever way it came
+    headers[REQUEST_ID_HEADER] = rid
+    return headers
+
+
 async def handle(runtime: Runtime, request: web.BaseRequest) -> web.StreamResponse:
     started = time.perf_counter()
     trace = Trace(request_id(client_request_id(request)))
@@ -167,22 +191,8 @@ async def handle(runtime: Runtime, request: web.BaseRequest) -> web.StreamRespon
         # Only for a caller already allowed in: nobody else can make the gateway read a body.
         if body is not None and decision.principal is not None:
             await refuse_form_token(request, body)
-        route = decision.route
-        upstream = config.upstreams[route.upstream]
-        headers = upstream_request_headers(
-            request.headers,
-            identity=decision.identity,
-            forwarded=forwarded,
-            pass_authorization=route.pass_authorization and decision.relay_authorization,
-            dropped=runtime.dropped,
-        )
-        if runtime.signer is not None and decision.principal is not None:
-            headers[runtime.signer.header] = runtime.signer.assertion(
-                decision.principal, route.identity_headers, upstream.name, trace.request_id
-            )
-        if decision.token is not None and route.pass_authorization:
-            headers["Authorization"] = f"Bearer {decision.token}"  # the token we checked, whichever way it came
-        headers[REQUEST_ID_HEADER] = trace.request_id
+        upstream = config.upstreams[decision.route.upstream]
+        headers = upstream_headers(runtime, request.headers, decision, forwarded, trace.request_id)
         exchange = trace.span.upstream(request.method, upstream.url, decision.path, headers) if trace.span else None
         forwarding = time.perf_counter()
         try:

@@ -45,9 +45,15 @@ def checked_token(token: str, *, max_bytes: int = DEFAULT_MAX_TOKEN_BYTES) -> st
     return token
 
 
+_PHP_NAME_FOLD = str.maketrans({" ": "_", ".": "_", "[": "_"})
+
+
 def _is_token_field(field: str) -> bool:
-    name = field.partition("=")[0]
-    return unquote_plus(name) == QUERY_PARAMETER
+    """`access_token` as any server behind us may read the name: PHP drops leading spaces and folds ' ', '.' and '['
+    into '_' (`access.token`, `+access_token`, `access[token` are all `access_token` to it), or takes `name[...]` as
+    an array of that name."""
+    name = unquote_plus(field.partition("=")[0]).lstrip(" ")
+    return name.translate(_PHP_NAME_FOLD) == QUERY_PARAMETER or name.partition("[")[0] == QUERY_PARAMETER
 
 
 def query_has_token(query: str | None) -> bool:

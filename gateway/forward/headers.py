@@ -34,10 +34,10 @@ _REPLACED_ON_REQUEST = frozenset({"host", "expect", "forwarded"})
 # Every client-sent X-Forwarded-* (Prefix, Port, Scheme, Server, Ssl...: Spring and Werkzeug rebuild URLs from
 # them) goes; the gateway sets For, Proto and Host itself.
 _FORWARDED_PREFIX = "x-forwarded-"
-# Headers that make many frameworks act on another method or path than the one the gateway matched (method
-# override: Express, Laravel, Symfony; URL rewrite: IIS, older Symfony and Zend), or that IP allow-lists trust as the
-# client's address. A client never gets to set them.
-_REWRITES_AND_CLIENT_IPS = frozenset(
+# Headers that make many frameworks act on another method, path or host than the one the gateway matched (method
+# override: Express, Laravel, Symfony; URL rewrite: IIS, older Symfony and Zend). A client never gets to set them: the
+# proxy drops them, forward-auth (which cannot drop anything) refuses the request.
+REWRITES = frozenset(
     {
         "x-http-method-override",
         "x-http-method",
@@ -47,6 +47,15 @@ _REWRITES_AND_CLIENT_IPS = frozenset(
         "x-original-uri",
         "x-rewrite-url",
         "x-original-host",
+        "x-host",
+        "x-http-host-override",
+        "x-original-path",
+        "x-envoy-original-path",
+    }
+)
+# Headers that IP allow-lists trust as the client's address: dropped too.
+_CLIENT_IPS = frozenset(
+    {
         "x-real-ip",
         "true-client-ip",
         "x-client-ip",
@@ -66,12 +75,9 @@ _REWRITES_AND_CLIENT_IPS = frozenset(
         "x-envoy-external-address",
         "x-forwarded",
         "forwarded-for",
-        "x-host",
-        "x-http-host-override",
-        "x-original-path",
-        "x-envoy-original-path",
     }
 )
+_REWRITES_AND_CLIENT_IPS = REWRITES | _CLIENT_IPS
 # Query parameters and form fields that frameworks read as the method to dispatch (Rails, Laravel and Symfony
 # `_method`; some read the override headers' names as parameters too), compared as method_override_name() spells
 # them. The gateway refuses a request that carries one (gateway/forward/method_override.py).
@@ -96,9 +102,12 @@ _PHP_NAME_FOLD = str.maketrans({" ": "-", ".": "-", "_": "-", "[": "-"})
 
 def method_override_name(name: str) -> bool:
     """Whether a decoded parameter name is one a framework reads as the method: any case, `_` as `-`, and PHP's
-    folding of ' ', '.' and '[' into '_' (`.method` is `_method` to PHP), with or without an array suffix."""
-    base = name.partition("[")[0]
-    return any(n.lower().translate(_PHP_NAME_FOLD) in METHOD_OVERRIDE_FIELDS for n in (name, base))
+    reading of names (leading spaces dropped; ' ', '.' and '[' folded into '_', so `.method` is `_method`), with or
+    without an array suffix."""
+    # PHP drops leading spaces from a name (` _method`, sent `+_method`, is `_method` to it); others may fold them.
+    spellings = {name, name.lstrip(" ")}
+    spellings |= {n.partition("[")[0] for n in spellings}
+    return any(n.lower().translate(_PHP_NAME_FOLD) in METHOD_OVERRIDE_FIELDS for n in spellings)
 
 
 # Headers a claim mapping may not name: the gateway sets or removes them itself, or they frame the message.

@@ -61,7 +61,7 @@ class FormScanner:
 _NAMES = b"|".join(re.escape(n.encode()).replace(b"\\-", b"[-_]") for n in sorted(METHOD_OVERRIDE_FIELDS))
 # A multipart part named like an override (its Content-Disposition line), or a JSON member of that name. Matched
 # without parsing: a file that holds such a line is refused too (a 400 is the safe side of the doubt).
-_MULTIPART = re.compile(rb'(?i)content-disposition:[^\r\n]*\bname\s*=\s*"?(?:' + _NAMES + rb')["\s;\r]')
+_MULTIPART = re.compile(rb'(?i)content-disposition:[^\r\n]*\bname\s*=\s*"?\s*(?:' + _NAMES + rb')["\s;\r]')
 _JSON = re.compile(rb'(?i)(?<!\\)"(?:' + _NAMES + rb')"\s*:')
 _WINDOW = 512  # bytes of the last chunk kept, so that a match split across two chunks is still seen
 

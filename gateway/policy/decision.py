@@ -179,6 +179,7 @@ class Decider:
             path, query, route = self.route_for(asked, inbound.target)
             if route is not None and route.cors is not None:
                 trace.path, trace.route = path, route
+                self._plain(path, query, inbound, exact)
                 answer = route.cors.preflight(
                     headers["Origin"], asked, headers.get("Access-Control-Request-Headers", "")
                 )
@@ -187,11 +188,7 @@ class Decider:
                 return Decision(path, query, route, preflight=answer)
         path, query, route = self.route_for(method, inbound.target)
         trace.path, trace.route = path, route
-        if query_overrides_method(query):
-            # Laravel, Symfony and Rails would act on another method than the one the rules matched.
-            raise BadRequest("a method override in the query string")
-        if exact and upstream_target(path, query) != inbound.target:
-            raise BadRequest("the request target is not in canonical form")
+        self._plain(path, query, inbound, exact)
         if inbound.host is not None and not valid_host(inbound.host):
             # It reaches the upstream as X-Forwarded-Host, where links and redirects are built from it.
             raise BadRequest("the Host header is not a valid host[:port]")
@@ -230,6 +227,16 @@ class Decider:
             where = " in this organisation" if org is not None else ""  # never the ones the token has
             raise InsufficientScope(f"this route requires the role {lacking}{where}", required=lacking)
         return Decision(path, query, route, principal, token, identity=identity_of(principal, route.identity_headers))
+
+    @staticmethod
+    def _plain(path: str, query: str | None, inbound: Inbound, exact: bool) -> None:
+        """What every request must be, a preflight included: no method override in the query, and (forward-auth)
+        a target that is already canonical."""
+        if query_overrides_method(query):
+            # Laravel, Symfony and Rails would act on another method than the one the rules matched.
+            raise BadRequest("a method override in the query string")
+        if exact and upstream_target(path, query) != inbound.target:
+            raise BadRequest("the request target is not in canonical form")
 
     def authenticator_for(self, token: str, route: Route) -> Authenticator:
         """Who checks this token on this route: the JWT verifier or introspection (both behind a cache)."""

@@ -22,7 +22,7 @@ from multidict import CIMultiDict
 
 from gateway.answers import answer_for
 from gateway.errors import BadRequest, GatewayError
-from gateway.forward.headers import ForwardedFor, forwarded_for, upstream_request_headers
+from gateway.forward.headers import ForwardedFor, forwarded_for
 from gateway.forward.websocket.guard import upgrade_guard
 from gateway.forward.websocket.hub import WebSocketHub
 from gateway.forward.websocket.lifetime import Ending, Lifetime
@@ -30,7 +30,16 @@ from gateway.forward.websocket.relay import ClientSide, Relay
 from gateway.forward.websocket.upstream import Refused, connect
 from gateway.ops.logs import log_access, request_id
 from gateway.ops.reload import Slot
-from gateway.pipeline import CORS_HEADERS, REQUEST_ID, REQUEST_ID_HEADER, Runtime, access_log, client_request_id, record
+from gateway.pipeline import (
+    CORS_HEADERS,
+    REQUEST_ID,
+    REQUEST_ID_HEADER,
+    Runtime,
+    access_log,
+    client_request_id,
+    record,
+    upstream_headers,
+)
 from gateway.policy.decision import Decision, Inbound, Trace, upstream_target
 
 _MODE = "websocket"
@@ -57,20 +66,12 @@ def offered_protocols(request: web.BaseRequest) -> tuple[str, ...]:
 
 
 def _upstream_headers(
-    request: web.BaseRequest, decision: Decision, forwarded: ForwardedFor, rid: str
+    runtime: Runtime, request: web.BaseRequest, decision: Decision, forwarded: ForwardedFor, rid: str
 ) -> CIMultiDict[str]:
-    route = decision.route
-    headers = upstream_request_headers(
-        request.headers,
-        identity=decision.identity,
-        forwarded=forwarded,
-        pass_authorization=route.pass_authorization and decision.relay_authorization,
-    )
+    """The proxy's upstream headers (gateway/pipeline.py), less the client's own handshake: aiohttp makes ours."""
+    headers = upstream_headers(runtime, request.headers, decision, forwarded, rid)
     for name in _HANDSHAKE:
         headers.popall(name, None)
-    if decision.token is not None and route.pass_authorization:
-        headers["Authorization"] = f"Bearer {decision.token}"  # the token we checked, whichever way it came
-    headers[REQUEST_ID_HEADER] = rid
     return headers
 
 
@@ -102,7 +103,7 @@ async def handle_websocket(slot: Slot, hub: WebSocketHub, request: web.BaseReque
                 hub.session(),
                 config.upstreams[decision.route.upstream],
                 upstream_target(decision.path, decision.query),
-                _upstream_headers(request, decision, forwarded, trace.request_id),
+                _upstream_headers(runtime, request, decision, forwarded, trace.request_id),
                 offered,
                 max_message,
                 hub.close_timeout,
