@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
@@ -13,22 +12,7 @@ from pathlib import Path
 
 from bench.recipes import move_cache, nginx_main, render
 
-from .support import free_port
-
-
-async def _wait_for(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
-    for _ in range(400):
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}")
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.025)
-            continue
-        writer.close()
-        await writer.wait_closed()
-        return
-    raise RuntimeError(f"{what} does not listen on {port}")
+from .support import free_port, wait_for_port
 
 
 @contextlib.asynccontextmanager
@@ -56,7 +40,7 @@ async def ingress(kind: str, directory: Path, *, gateway: int, backend: int) -> 
     log = (prefix / "server.log").open("wb")
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
-        await _wait_for(port, proc, kind)
+        await wait_for_port(port, proc, kind)
         yield port
     finally:
         proc.terminate()

@@ -259,6 +259,22 @@ def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
+async def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
+    """Until something accepts connections on 127.0.0.1:port; RuntimeError if `proc` exits first or never listens."""
+    for _ in range(400):
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.025)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+    raise RuntimeError(f"{what} does not listen on {port}")
+
+
 @contextlib.asynccontextmanager
 async def gateway_process(
     document: dict[str, Any], directory: Path, env: dict[str, str]
@@ -277,17 +293,7 @@ async def gateway_process(
         stderr=subprocess.STDOUT,
     )
     try:
-        for _ in range(400):
-            if proc.poll() is not None:
-                raise RuntimeError(f"gateway exited with {proc.returncode}")
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                await asyncio.sleep(0.025)
-                continue
-            writer.close()
-            await writer.wait_closed()
-            break
+        await wait_for_port(port, proc, "gateway")
         yield f"http://127.0.0.1:{port}", proc
     finally:
         proc.terminate()
