@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from pathlib import Path
 
+import aiohttp
+import yaml
 from pytest_aiohttp import AiohttpClient
 
 from gateway.app import RELOADER, RUNTIME
 from tests.conftest import GatewayFactory
-from tests.support import FakeIdP, RecordingUpstream
+from tests.support import ENV, FakeIdP, RecordingUpstream, free_port, gateway_document, gateway_process
 from tests.test_reload_functional import Files, start
 
 ROUTES = [{"path": "/open/**", "policy": "public"}]
@@ -28,6 +31,46 @@ async def _exchange(port: int | None, *writes: bytes) -> bytes:
     finally:
         writer.close()
         await writer.wait_closed()
+
+
+async def test_a_reload_that_turns_forward_auth_off_leaves_it_deciding_from_the_clients_headers(
+    tmp_path: Path, idp: FakeIdP, upstream_url: str
+) -> None:
+    # Envoy ext_authz (`original: request`) relays the client's own headers. After a SIGHUP with `forward_auth:`
+    # removed, the listener (started at boot) keeps answering, with ForwardAuth()'s default `original: headers`:
+    # the client's X-Forwarded-Method/-Uri now choose what is authorised. No warning is logged either.
+    fa_port = free_port()
+    routes = [{"path": "/public/**", "policy": "public"}, {"path": "/admin/**", "roles": {"any_of": ["admin"]}}]
+    document = gateway_document(issuer=idp.issuer, upstream_url=upstream_url, routes=routes)
+    document["forward_auth"] = {"host": "127.0.0.1", "port": fa_port, "original": "request"}
+    forged = {"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/public/x", "Host": "app.test"}
+    async with gateway_process(document, tmp_path, ENV) as (url, proc), aiohttp.ClientSession() as http:
+        decisions = f"http://127.0.0.1:{fa_port}/admin/x"
+        for _ in range(200):  # a deadline, not a timing assertion
+            try:
+                async with http.get(decisions, headers=forged) as resp:
+                    assert resp.status == 401  # the request's own target decides
+                break
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.05)
+        config = tmp_path / f"gateway-{url.rsplit(':', 1)[1]}.yaml"
+        off = yaml.safe_load(config.read_text())
+        del off["forward_auth"]
+        off["routes"] = [*routes, {"path": "/marker", "policy": "public"}]
+        config.write_text(yaml.safe_dump(off))
+        proc.send_signal(signal.SIGHUP)
+        for _ in range(200):
+            async with http.get(url + "/marker") as resp:
+                if resp.status == 200:
+                    break
+            await asyncio.sleep(0.05)
+        assert resp.status == 200  # the reload was applied
+        try:
+            async with http.get(decisions, headers=forged) as resp:
+                status = resp.status
+        except aiohttp.ClientConnectionError:
+            status = None  # the listener is gone: nothing decides any more
+        assert status != 200, "forward-auth, turned off, allowed /admin/x on a forged X-Forwarded-Uri"
 
 
 async def test_a_foreign_request_line_in_the_read_that_ends_a_body_reaches_the_upstream(
