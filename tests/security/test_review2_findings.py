@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import signal
 from pathlib import Path
+from urllib.parse import unquote
 
 import aiohttp
 import yaml
+from multidict import CIMultiDict
 from pytest_aiohttp import AiohttpClient
 
-from gateway.app import RELOADER, RUNTIME
+from gateway.app import RELOADER, RUNTIME, build_app
+from gateway.config import parse_config
+from gateway.testing import GatewayTestServer
 from tests.conftest import GatewayFactory
+from tests.signing_idp import PROJECT_ID, SigningIdP
 from tests.support import ENV, FakeIdP, RecordingUpstream, free_port, gateway_document, gateway_process
+from tests.test_jwt_functional import signing  # noqa: F401  (the JWKS-serving IdP fixture)
 from tests.test_reload_functional import Files, start
 
 ROUTES = [{"path": "/open/**", "policy": "public"}]
@@ -104,3 +111,32 @@ async def test_a_config_file_that_is_not_utf8_stops_every_later_reload(
             break
         await asyncio.sleep(0.02)
     assert client.app[RUNTIME].current.config.routes[0].id == "/fixed"
+
+
+async def test_a_mapped_value_with_outer_spaces_reaches_the_upstream_as_another_value(
+    signing: SigningIdP,  # noqa: F811
+    upstream_url: str,
+    upstream: RecordingUpstream,
+    aiohttp_client: AiohttpClient,
+) -> None:
+    # identity.header_text keeps printable ASCII "as is", outer spaces included; HTTP drops them (RFC 9110 5.5), so
+    # the header says `admin` where the claim (and the signed assertion) say `  admin  `. Control characters are
+    # left out, non-ASCII is percent-encoded; outer whitespace should be encoded or left out as well.
+    routes = [{"path": "/p", "policy": "authenticated"}]
+    document = gateway_document(
+        issuer=signing.issuer, upstream_url=upstream_url, routes=routes, access_tokens="jwt", project_id=PROJECT_ID
+    )
+    metadata = "urn:zitadel:iam:user:metadata"
+    document["identity"] = {"headers": {"X-User-Dept": {"claim": [metadata, "dept"], "decode": "base64"}}}
+    client = await aiohttp_client(GatewayTestServer(build_app(parse_config(document, source="t.yaml", env=ENV))))
+    dispatch = client.app[RUNTIME].current.dispatch
+    assert dispatch is not None
+    for _ in range(100):  # a deadline, not a timing assertion
+        if dispatch.jwks.ready:
+            break
+        await asyncio.sleep(0.02)
+    token = signing.sign(extra={metadata: {"dept": base64.b64encode(b"  admin  ").decode()}})
+    resp = await client.get("/p", headers={"Authorization": f"Bearer {token}"})
+    assert resp.status == 200
+    seen = CIMultiDict(upstream.last.headers).get("X-User-Dept")
+    assert seen is None or unquote(seen) == "  admin  ", f"the upstream read {seen!r}"
