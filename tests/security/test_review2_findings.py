@@ -17,6 +17,7 @@ from gateway.app import RELOADER, RUNTIME, build_app
 from gateway.config import parse_config
 from gateway.testing import GatewayTestServer
 from tests.conftest import GatewayFactory
+from tests.security.raw import request, send
 from tests.signing_idp import PROJECT_ID, SigningIdP
 from tests.support import ENV, FakeIdP, RecordingUpstream, free_port, gateway_document, gateway_process
 from tests.test_jwt_functional import signing  # noqa: F401  (the JWKS-serving IdP fixture)
@@ -140,3 +141,19 @@ async def test_a_mapped_value_with_outer_spaces_reaches_the_upstream_as_another_
     assert resp.status == 200
     seen = CIMultiDict(upstream.last.headers).get("X-User-Dept")
     assert seen is None or unquote(seen) == "  admin  ", f"the upstream read {seen!r}"
+
+
+async def test_a_reload_that_lowers_the_head_limits_reports_them_applied_but_never_applies_them(
+    tmp_path: Path, idp: FakeIdP, upstream_url: str, aiohttp_client: AiohttpClient
+) -> None:
+    # The README: a valid change replaces the whole config; only listen, admin and shutdown_grace_seconds wait for
+    # the next start. The parser limits and max_head_bytes are fixed in the Listener at start: after the reload the
+    # runtime config says 4096 / 512, the listener still takes 9 KiB heads of 900-byte lines, and nothing is logged.
+    files = Files(tmp_path, idp, upstream_url)
+    client = await start(files, aiohttp_client, reload={"watch": False})
+    big = request("/api/public", *(f"X-Pad-{i}: {'a' * 900}" for i in range(10)))
+    assert (await send(client.port, big)).status == 200
+    files.write(None, reload={"watch": False}, limits={"max_head_bytes": 4096, "max_header_bytes": 512})
+    assert await client.app[RELOADER].reload()
+    assert client.app[RUNTIME].current.config.limits.max_head_bytes == 4096
+    assert (await send(client.port, big)).status in (400, 431)
