@@ -18,7 +18,7 @@ from gateway.config import parse_config
 from gateway.testing import GatewayTestServer
 from tests.conftest import GatewayFactory
 from tests.security.raw import request, send
-from tests.signing_idp import PROJECT_ID, SigningIdP
+from tests.signing_idp import PROJECT_ID, ROLES_CLAIM, SigningIdP
 from tests.support import ENV, FakeIdP, RecordingUpstream, free_port, gateway_document, gateway_process
 from tests.test_jwt_functional import signing  # noqa: F401  (the JWKS-serving IdP fixture)
 from tests.test_reload_functional import Files, start
@@ -157,3 +157,37 @@ async def test_a_reload_that_lowers_the_head_limits_reports_them_applied_but_nev
     assert await client.app[RELOADER].reload()
     assert client.app[RUNTIME].current.config.limits.max_head_bytes == 4096
     assert (await send(client.port, big)).status in (400, 431)
+
+
+async def test_an_id_token_is_taken_for_an_access_token_in_jwt_mode(
+    signing: SigningIdP,  # noqa: F811
+    upstream_url: str,
+    aiohttp_client: AiohttpClient,
+) -> None:
+    # An OIDC ID token is for the client (kept in browsers, sent as `id_token_hint` in logout URLs), never a bearer
+    # credential; ZITADEL's introspection does not accept one. ZITADEL's ID tokens come from the same issuer and
+    # keys and carry the project id in `aud` (with amr, auth_time, nonce, at_hash; no jti). verify_jwt checks iss,
+    # aud and times only, so in `jwt`/`auto` mode an ID token opens every route its roles allow.
+    routes = [{"path": "/api/admin", "roles": {"any_of": ["admin"]}}]
+    document = gateway_document(
+        issuer=signing.issuer, upstream_url=upstream_url, routes=routes, access_tokens="jwt", project_id=PROJECT_ID
+    )
+    client = await aiohttp_client(GatewayTestServer(build_app(parse_config(document, source="t.yaml", env=ENV))))
+    dispatch = client.app[RUNTIME].current.dispatch
+    assert dispatch is not None
+    for _ in range(100):  # a deadline, not a timing assertion
+        if dispatch.jwks.ready:
+            break
+        await asyncio.sleep(0.02)
+    id_token = signing.sign(
+        aud=["client@project", PROJECT_ID],
+        client_id=None,
+        azp="client@project",
+        amr=["pwd"],
+        auth_time=0,
+        nonce="n-0S6_WzA2Mj",
+        at_hash="77QmUPtjPfzWtF2AnpK9RQ",
+        extra={ROLES_CLAIM: {"admin": {"7": "o.example"}}},
+    )
+    resp = await client.get("/api/admin", headers={"Authorization": f"Bearer {id_token}"})
+    assert resp.status == 401
