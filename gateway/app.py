@@ -21,7 +21,7 @@ from gateway.errors import BadRequest
 from gateway.forward.upstream import UpstreamClient
 from gateway.forward.websocket import WEBSOCKETS, WebSocketHub, handle_websocket, wants_websocket
 from gateway.forward_auth import handle_forward_auth
-from gateway.ops.http_server import GatewayServer
+from gateway.ops.http_server import GatewayServer, connection_args
 from gateway.ops.metrics import Metrics
 from gateway.ops.reload import ConfigSource, Reloader, Sessions, build_runtime
 from gateway.ops.tracing import Tracer
@@ -70,15 +70,10 @@ def native_parser() -> bool:
 
 
 def handler_args(limits: Limits) -> dict[str, Any]:
-    """Per-connection limits of aiohttp's server (they take precedence over the runner's own arguments)."""
+    """Per-connection settings of aiohttp's server (they take precedence over the runner's own arguments); the
+    bounds from `limits:` are taken again for each new connection (GatewayServer)."""
     return {
-        "max_line_size": limits.max_request_line_bytes,
-        "max_field_size": limits.max_header_bytes,
-        "max_headers": limits.max_headers,
-        # Also bounds a slow request head: the timer runs until a whole request has arrived.
-        "keepalive_timeout": limits.keepalive_timeout,
-        # After an early answer (413, 408, 401 on a POST) aiohttp drains the unread body this long, no longer.
-        "lingering_time": min(limits.body_timeout, 10.0),
+        **connection_args(limits),
         # Bodies go upstream as the client framed them: inflating a gzip body would make it disagree with the
         # Content-Length that is forwarded (and a proxy has no business decoding content). Limits count wire bytes.
         "auto_decompress": False,
@@ -114,7 +109,7 @@ class Listener:
 
     handler: Entry
     server_args: Mapping[str, Any]
-    max_head_bytes: int  # request line and headers together; more is 431 (gateway.head_limit)
+    limits: Callable[[], Limits]  # the current config's, for each new connection
 
 
 LISTENER = web.AppKey("listener", Listener)
@@ -142,9 +137,7 @@ class GatewayRunner(web.BaseRunner):
         self.app.freeze()
         listener = self.app[LISTENER]
         # The gateway's own settings win over the runner's, as web.Application's handler_args do.
-        return GatewayServer(
-            listener.handler, max_head_bytes=listener.max_head_bytes, **{**self._kwargs, **listener.server_args}
-        )
+        return GatewayServer(listener.handler, limits=listener.limits, **{**self._kwargs, **listener.server_args})
 
     async def _cleanup_server(self) -> None:
         await self.app.cleanup()
@@ -153,7 +146,7 @@ class GatewayRunner(web.BaseRunner):
 def forward_auth_runner(app: web.Application, shutdown_timeout: float) -> web.ServerRunner:
     """The forward-auth listener's runner, for an app that a GatewayRunner has started (it holds the sessions)."""
     listener = app[FORWARD_AUTH]
-    server = GatewayServer(listener.handler, max_head_bytes=listener.max_head_bytes, **listener.server_args)
+    server = GatewayServer(listener.handler, limits=listener.limits, **listener.server_args)
     return web.ServerRunner(server, handle_signals=False, shutdown_timeout=shutdown_timeout)
 
 
@@ -241,14 +234,18 @@ def build_app(
                 response.force_close()  # the pipeline closes it after this answer: say so, or a client reuses it
         return response
 
-    app[LISTENER] = Listener(entry, handler_args(config.limits), config.limits.max_head_bytes)
+    def current_limits() -> Limits:
+        return app[RUNTIME].current.config.limits
+
+    app[LISTENER] = Listener(entry, handler_args(config.limits), current_limits)
     if config.forward_auth is not None:
+        settings = config.forward_auth  # the listener's for its life: bound once, like `listen`
 
         async def decide(request: web.BaseRequest) -> web.StreamResponse:
             try:
-                return await handle_forward_auth(app[RUNTIME].current, request)
+                return await handle_forward_auth(app[RUNTIME].current, request, settings)
             except Exception as exc:
                 return answer_for(request, exc)
 
-        app[FORWARD_AUTH] = Listener(decide, handler_args(config.limits), config.limits.max_head_bytes)
+        app[FORWARD_AUTH] = Listener(decide, handler_args(config.limits), current_limits)
     return app

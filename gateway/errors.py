@@ -183,6 +183,15 @@ class IdPBusy(IdPUnavailable):
         return "idp busy"
 
 
+class ForwardAuthOff(GatewayError):
+    """The running config has no `forward_auth:` any more (a reload removed it): nothing is authorised here until
+    the listener goes away at the next restart."""
+
+    status = 503
+    error = "forward_auth_off"
+    description = "forward-auth is turned off in the gateway's configuration"
+
+
 class TooManyRequests(GatewayError):
     """One client has too many tokens under check at once (`idp.max_concurrent_calls_per_client`)."""
 

@@ -21,7 +21,7 @@ from multidict import CIMultiDict
 
 from gateway.answers import answer_for
 from gateway.config import Config, ForwardAuth
-from gateway.errors import BadRequest, GatewayError
+from gateway.errors import BadRequest, ForwardAuthOff, GatewayError
 from gateway.forward.headers import IDENTITY_HEADERS, IDENTITY_PREFIX, REWRITES, forwarded_for, normalised_name
 from gateway.ops.logs import request_id
 from gateway.pipeline import REQUEST_ID_HEADER, Runtime, client_request_id, record
@@ -41,10 +41,10 @@ def _one(request: web.BaseRequest, name: str) -> str:
     return values[0]
 
 
-def original_request(config: Config, request: web.BaseRequest) -> Inbound:
-    """The request to decide on, from where the config says it is. The client (for its token-check budget) is the
-    ingress itself unless the ingress is in `trusted_proxies` and says who it forwards for."""
-    settings = config.forward_auth or ForwardAuth()
+def original_request(settings: ForwardAuth, config: Config, request: web.BaseRequest) -> Inbound:
+    """The request to decide on, from where `settings` (the listener's, fixed at start) say it is. The client (for
+    its token-check budget) is the ingress itself unless the ingress is in `trusted_proxies` and says who it
+    forwards for."""
     host = request.headers.get("Host")
     client = forwarded_for(request.remote or "", request.scheme, host, request.headers, config.trusted_proxies)
     if settings.original == "request":
@@ -131,7 +131,10 @@ def _expires_at(assertion: str) -> float:
     return float(claims["exp"])
 
 
-async def handle_forward_auth(runtime: Runtime, request: web.BaseRequest) -> web.StreamResponse:
+async def handle_forward_auth(runtime: Runtime, request: web.BaseRequest, settings: ForwardAuth) -> web.StreamResponse:
+    """`settings`: the listener's, as it was opened at start. Where the original request is read from never
+    changes while the listener lives (a reload that changed it is logged, and applies at the next restart); a
+    reload that removed `forward_auth:` makes it refuse everything (503), never fall back to another mode."""
     started = time.perf_counter()
     trace = Trace(request_id(client_request_id(request)))
     method = request.method
@@ -139,7 +142,9 @@ async def handle_forward_auth(runtime: Runtime, request: web.BaseRequest) -> web
         trace.span = runtime.tracer.server_span(method, request.headers, request.scheme, request.remote or "")
     runtime.metrics.request_started()
     try:
-        inbound = original_request(runtime.config, request)
+        if runtime.config.forward_auth is None:
+            raise ForwardAuthOff()
+        inbound = original_request(settings, runtime.config, request)
         method = inbound.method
         _refuse_forged_identity(runtime, request)
         _refuse_what_it_cannot_strip(request)

@@ -49,6 +49,12 @@ class JwtRules:
         )
 
 
+# Claims only an OpenID Connect ID token carries (OIDC Core 2, 3.1.3.6, 3.3.2.11); an access token never does.
+ID_TOKEN_CLAIMS = frozenset({"nonce", "at_hash", "c_hash", "s_hash"})
+# `typ` of an access token: absent, plain JWT, or RFC 9068's `at+jwt`.
+ACCESS_TOKEN_TYPES = frozenset({"jwt", "at+jwt", "application/at+jwt"})
+
+
 def jws_header(token: str) -> Mapping[str, Any]:
     """The header of a compact JWS whose form we accept (allowed `alg`, a `kid`, no key of its own), or 401."""
     try:
@@ -62,6 +68,9 @@ def jws_header(token: str) -> Mapping[str, Any]:
     kid = header.get("kid")
     if not isinstance(kid, str) or not kid:
         raise InvalidToken(reason="no kid")
+    typ = header.get("typ")
+    if typ is not None and (not isinstance(typ, str) or typ.lower() not in ACCESS_TOKEN_TYPES):
+        raise InvalidToken(reason="not an access token")  # an ID token, a logout token, a nested JWT...
     return header
 
 
@@ -91,6 +100,10 @@ def verify_jwt(token: str, key: jwt.PyJWK, alg: str, rules: JwtRules) -> Princip
         reason = next((r for kind, r in _REASONS if isinstance(exc, kind)), "invalid_token")
         description = "the access token has expired" if reason == "expired" else None
         raise InvalidToken(description, reason=reason) from exc
+    if ID_TOKEN_CLAIMS & claims.keys():
+        # An ID token says who logged in to a client, not what may be done with an API; it leaks more easily (browser
+        # storage, `id_token_hint` in logout URLs), and ZITADEL's introspection refuses it too.
+        raise InvalidToken("an ID token is not an access token", reason="id token")
     try:
         return principal_from_claims(claims, project_id=rules.project_id, required=rules.required, keep=rules.keep)
     except (BadClaim, MissingClaim) as exc:

@@ -12,14 +12,27 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
+from gateway.config.model import ConfigError
+
 
 def read_environment(env_file: str | Path | None) -> dict[str, str]:
     """The process environment over the dotenv file: what is set for real wins over `.env`."""
     merged: dict[str, str] = {}
     if env_file is not None and Path(env_file).is_file():
-        merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        try:
+            values = dotenv_values(env_file, encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            # Refused like any invalid config: named, and the last good config keeps serving a running gateway.
+            raise ConfigError([f"{env_file}: cannot read: {read_error(exc)}"]) from exc
+        merged.update({k: v for k, v in values.items() if v is not None})
     merged.update(os.environ)
     return merged
+
+
+def read_error(exc: OSError | UnicodeDecodeError) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
+    return exc.strerror or type(exc).__name__
 
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from gateway.auth.claims import ClaimSelection
-from gateway.config.checker import Checker, read_environment
+from gateway.config.checker import Checker, read_environment, read_error
 from gateway.config.identity import (
     identity_section,
     with_names,
@@ -94,8 +94,8 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
         env = read_environment(path.parent / ".env")
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read: {read_error(exc)}"]) from exc
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:

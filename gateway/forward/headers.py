@@ -268,6 +268,9 @@ def header_value(value: str) -> str:
 
     `%` and `,` are encoded too, so that a decoded value is unambiguous and a role can never split X-Auth-Roles.
     """
+    if value != value.strip(" "):
+        # HTTP drops a value's outer whitespace, which would make ` admin ` read as `admin`: encoded, it stays.
+        return quote(value, safe="!#$&'()*+/:;=?@[]^`{|}~\"<>\\")
     if value.isascii() and value.isprintable() and "%" not in value and "," not in value:
         return value
     return quote(value, safe=" !#$&'()*+/:;=?@[]^`{|}~\"<>\\")

@@ -40,6 +40,9 @@ def _control(text: str) -> bool:
 def _text(value: str) -> str:
     if _control(value):
         raise BadValue("control characters")
+    if value != value.strip(" \t"):
+        # HTTP drops a value's outer whitespace: `  admin  ` would reach the backend as `admin`. Encoded, it stays.
+        return quote(value, safe=_SAFE.replace(" ", ""))
     if value.isascii() and "%" not in value:
         return value
     return quote(value, safe=_SAFE)  # UTF-8, percent-encoded: read it with urllib.parse.unquote

@@ -40,7 +40,7 @@ NOT_HTTP = (
     + b"Content-Length: %d\r\n\r\n" % len(_NOT_HTTP_BODY)
     + _NOT_HTTP_BODY
 )
-# A request line of another protocol anywhere in a read that held several requests (pipelining).
+# A request line of another protocol anywhere in a read in which a head completed (pipelining, after a body).
 _FOREIGN_LINE = re.compile(rb"(?m)^[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [^ \r\n]+ (?!HTTP/)[A-Za-z]+/\d")
 _MAX_LINE_SEEN = 65536  # past this the parser's own line bound has refused the request
 
@@ -94,9 +94,10 @@ class BoundedRequestHandler(RequestHandler):
                 return
         before = self._request_count
         super().data_received(data)
-        if self._request_count - before > 1 and _FOREIGN_LINE.search(data):
-            # Requests pipelined in one read were parsed together: one of them is not HTTP. Nothing on this
-            # connection is served any more (on the safe side: a body line that looks like one closes it too).
+        if self._request_count != before and _FOREIGN_LINE.search(data):
+            # A head completed in this read, and a request line of another protocol is in it: one pipelined behind
+            # another, or right after a body. Nothing on this connection is served any more (on the safe side: a
+            # body line that looks like one closes it too).
             self._refused = True
             self.force_close()
             return

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -21,6 +22,7 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
 from gateway.answers import error_response
+from gateway.config import Limits
 from gateway.errors import BadRequest, GatewayError
 from gateway.ops.head_limit import BoundedRequestHandler
 from gateway.ops.logs import log_access
@@ -67,15 +69,32 @@ def refusal_for(exc: HttpProcessingError) -> GatewayError:
     return refusal
 
 
-class GatewayServer(web.Server):
-    """web.Server that makes QuietRequestHandler connections and marks requests of a version it will refuse."""
+def connection_args(limits: Limits) -> dict[str, Any]:
+    """aiohttp's per-connection bounds from `limits:`; read for each new connection, so a reload applies to the
+    connections opened after it."""
+    return {
+        "max_line_size": limits.max_request_line_bytes,
+        "max_field_size": limits.max_header_bytes,
+        "max_headers": limits.max_headers,
+        # Also bounds a slow request head: the timer runs until a whole request has arrived.
+        "keepalive_timeout": limits.keepalive_timeout,
+        # After an early answer (413, 408, 401 on a POST) aiohttp drains the unread body this long, no longer.
+        "lingering_time": min(limits.body_timeout, 10.0),
+    }
 
-    def __init__(self, handler: Any, *, max_head_bytes: int, **kwargs: Any) -> None:
+
+class GatewayServer(web.Server):
+    """web.Server that makes QuietRequestHandler connections, with the current config's limits, and marks requests of
+    a version it will refuse."""
+
+    def __init__(self, handler: Any, *, limits: Callable[[], Limits], **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
-        self._max_head_bytes = max_head_bytes
+        self._limits = limits
 
     def __call__(self) -> RequestHandler:
-        return QuietRequestHandler(self, max_head_bytes=self._max_head_bytes, loop=self._loop, **self._kwargs)
+        current = self._limits()
+        args = {**self._kwargs, **connection_args(current)}
+        return QuietRequestHandler(self, max_head_bytes=current.max_head_bytes, loop=self._loop, **args)
 
     def _make_request(
         self,

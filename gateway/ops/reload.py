@@ -156,6 +156,11 @@ class Reloader:
                 self._metrics.reloads.labels("failed").inc()
                 log.error("config reload refused, the last good config keeps serving:\n  %s", "\n  ".join(exc.problems))
                 return False
+            except Exception:
+                # Whatever else goes wrong reading a file must not end the reloader: refused, logged, counted.
+                self._metrics.reloads.labels("failed").inc()
+                log.exception("config reload refused, the last good config keeps serving")
+                return False
             old = self._slot.current
             new = build_runtime(config, self._sessions, self._metrics, old)
             if new.introspector is not None and new.introspector is not old.introspector:
@@ -165,9 +170,14 @@ class Reloader:
                 await new.dispatch.jwks.refresh()  # a new key set: fetched before it takes traffic, as discovery
             self._slot.current = new  # the one atomic step: new requests see the new config from here on
             self._metrics.reloads.labels("ok").inc()
-            for section in ("listen", "admin", "shutdown_grace", "workers"):
+            for section in ("listen", "admin", "shutdown_grace", "workers", "forward_auth", "tracing"):
                 if getattr(old.config, section) != getattr(config, section):
                     log.warning("config reload: %s changed; it applies at the next restart", section)
+            if config.forward_auth is None and old.config.forward_auth is not None:
+                log.warning("config reload: forward_auth removed; its listener refuses everything (503) until restart")
+            for limit in ("max_connections", "backlog"):
+                if getattr(old.config.limits, limit) != getattr(config.limits, limit):
+                    log.warning("config reload: limits.%s changed; it applies at the next restart", limit)
             if old.config.cache.url != config.cache.url:
                 log.warning("config reload: cache.url changed; the shared cache moves at the next restart")
             if self._on_applied is not None:

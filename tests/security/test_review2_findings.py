@@ -6,19 +6,25 @@ import asyncio
 import base64
 import signal
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 import aiohttp
+import jwt
+import pytest
 import yaml
+from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict
 from pytest_aiohttp import AiohttpClient
 
 from gateway.app import RELOADER, RUNTIME, build_app
+from gateway.auth.jwt_tokens import jws_header
 from gateway.config import parse_config
+from gateway.errors import InvalidToken
 from gateway.testing import GatewayTestServer
 from tests.conftest import GatewayFactory
 from tests.security.raw import request, send
-from tests.signing_idp import PROJECT_ID, ROLES_CLAIM, SigningIdP
+from tests.signing_idp import PROJECT_ID, ROLES_CLAIM, SigningIdP, new_key
 from tests.support import ENV, FakeIdP, RecordingUpstream, free_port, gateway_document, gateway_process
 from tests.test_jwt_functional import signing  # noqa: F401  (the JWKS-serving IdP fixture)
 from tests.test_reload_functional import Files, start
@@ -48,7 +54,10 @@ async def test_a_reload_that_turns_forward_auth_off_leaves_it_deciding_from_the_
     # removed, the listener (started at boot) keeps answering, with ForwardAuth()'s default `original: headers`:
     # the client's X-Forwarded-Method/-Uri now choose what is authorised. No warning is logged either.
     fa_port = free_port()
-    routes = [{"path": "/public/**", "policy": "public"}, {"path": "/admin/**", "roles": {"any_of": ["admin"]}}]
+    routes: list[dict[str, Any]] = [
+        {"path": "/public/**", "policy": "public"},
+        {"path": "/admin/**", "roles": {"any_of": ["admin"]}},
+    ]
     document = gateway_document(issuer=idp.issuer, upstream_url=upstream_url, routes=routes)
     document["forward_auth"] = {"host": "127.0.0.1", "port": fa_port, "original": "request"}
     forged = {"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/public/x", "Host": "app.test"}
@@ -129,7 +138,9 @@ async def test_a_mapped_value_with_outer_spaces_reaches_the_upstream_as_another_
     )
     metadata = "urn:zitadel:iam:user:metadata"
     document["identity"] = {"headers": {"X-User-Dept": {"claim": [metadata, "dept"], "decode": "base64"}}}
-    client = await aiohttp_client(GatewayTestServer(build_app(parse_config(document, source="t.yaml", env=ENV))))
+    client: TestClient[Any, Any] = await aiohttp_client(
+        GatewayTestServer(build_app(parse_config(document, source="t.yaml", env=ENV)))
+    )
     dispatch = client.app[RUNTIME].current.dispatch
     assert dispatch is not None
     for _ in range(100):  # a deadline, not a timing assertion
@@ -172,7 +183,9 @@ async def test_an_id_token_is_taken_for_an_access_token_in_jwt_mode(
     document = gateway_document(
         issuer=signing.issuer, upstream_url=upstream_url, routes=routes, access_tokens="jwt", project_id=PROJECT_ID
     )
-    client = await aiohttp_client(GatewayTestServer(build_app(parse_config(document, source="t.yaml", env=ENV))))
+    client: TestClient[Any, Any] = await aiohttp_client(
+        GatewayTestServer(build_app(parse_config(document, source="t.yaml", env=ENV)))
+    )
     dispatch = client.app[RUNTIME].current.dispatch
     assert dispatch is not None
     for _ in range(100):  # a deadline, not a timing assertion
@@ -191,3 +204,16 @@ async def test_an_id_token_is_taken_for_an_access_token_in_jwt_mode(
     )
     resp = await client.get("/api/admin", headers={"Authorization": f"Bearer {id_token}"})
     assert resp.status == 401
+
+
+def test_a_jws_typed_as_anything_but_an_access_token_is_refused() -> None:
+    """An ID token, a logout token or a nested JWT says so in `typ`; only absent, `JWT` and RFC 9068's `at+jwt`
+    pass (found with the ID-token finding above)."""
+    key = new_key()
+    for typ in ("id_token+jwt", "logout+jwt", "JOSE", 7):
+        token = jwt.encode({"sub": "x"}, key.private, algorithm=key.alg, headers={"kid": key.kid, "typ": typ})
+        with pytest.raises(InvalidToken):
+            jws_header(token)
+    for typ in ("JWT", "at+jwt", "application/at+JWT"):
+        token = jwt.encode({"sub": "x"}, key.private, algorithm=key.alg, headers={"kid": key.kid, "typ": typ})
+        assert jws_header(token)["kid"] == key.kid
