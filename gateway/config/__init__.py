@@ -9,7 +9,7 @@ Modules: model (the frozen values), checker (raw values and `${VAR}`), sections,
 
 from __future__ import annotations
 
-from gateway.config.checker import read_environment
+from gateway.config.checker import ConfigError, read_environment
 from gateway.config.load import load_config, parse_config
 from gateway.config.model import (
     FORWARD_AUTH_ORIGINALS,
@@ -19,7 +19,6 @@ from gateway.config.model import (
     CacheConfig,
     ClientKey,
     Config,
-    ConfigError,
     ForwardAuth,
     IdPConfig,
     IPNetwork,

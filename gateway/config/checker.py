@@ -12,7 +12,13 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
-from gateway.config.model import ConfigError
+
+class ConfigError(Exception):
+    """One or more problems, each already formatted as `file: key: message`."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
 
 
 def read_environment(env_file: str | Path | None) -> dict[str, str]:

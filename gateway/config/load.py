@@ -10,12 +10,12 @@ from typing import Any
 import yaml
 
 from gateway.auth.claims import ClaimSelection
-from gateway.config.checker import Checker, read_environment, read_error
+from gateway.config.checker import Checker, ConfigError, read_environment, read_error
 from gateway.config.identity import (
     identity_section,
     with_names,
 )
-from gateway.config.model import Config, ConfigError
+from gateway.config.model import Config
 from gateway.config.routes import parse_routes
 from gateway.config.sections import (
     TOP_KEYS,

@@ -19,14 +19,6 @@ from gateway.policy.rules import Route
 T = TypeVar("T")
 
 
-class ConfigError(Exception):
-    """One or more problems, each already formatted as `file: key: message`."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
-
-
 @dataclass(frozen=True, slots=True)
 class Listen:
     host: str = "0.0.0.0"
