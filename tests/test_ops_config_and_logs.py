@@ -111,6 +111,14 @@ def test_effective_config_has_no_secret() -> None:
     assert effective_config(config)["idp"]["connect_url"] == "http://127.0.0.1:3"
     assert effective_config(config)["upstreams"] == {"default": "http://127.0.0.1:2"}
     assert effective_config(config)["admin"] == "127.0.0.1:9091"
+    assert effective_config(config)["forward_auth"] is None
+
+
+def test_effective_config_says_where_forward_auth_listens() -> None:
+    doc = document()
+    doc["forward_auth"] = {"host": "127.0.0.1", "port": 9092, "original": "request"}
+    shown = effective_config(parse_config(doc, source="g.yaml", env=ENV))["forward_auth"]
+    assert shown == {"listen": "127.0.0.1:9092", "original": "request"}
 
 
 @pytest.mark.parametrize(

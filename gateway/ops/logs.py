@@ -285,6 +285,12 @@ def effective_config(config: Config) -> dict[str, Any]:
         "logging": {"level": config.logging.level, "format": config.logging.format},
         "reload": {"watch": config.reload.watch, "poll_seconds": config.reload.poll_seconds},
         "shutdown_grace_seconds": config.shutdown_grace,
+        "forward_auth": None
+        if config.forward_auth is None
+        else {
+            "listen": f"{config.forward_auth.host}:{config.forward_auth.port}",
+            "original": config.forward_auth.original,
+        },
         "tracing": None
         if config.tracing is None
         else {
