@@ -76,6 +76,19 @@ def process(
             proc.wait()
 
 
+@contextmanager
+def backend_and_idp(directory: Path) -> Iterator[tuple[int, int]]:
+    """The demo backend and the bench IdP on free ports, their output in `directory`/servers.log."""
+    backend, idp = free_port(), free_port()
+    logs = directory / "servers.log"
+    py = sys.executable
+    with (
+        process([py, "-m", "demo_backend", "--port", str(backend)], backend, logs),
+        process([py, "-m", "bench.idp", "--port", str(idp)], idp, logs),
+    ):
+        yield backend, idp
+
+
 def gateway_config(directory: Path, port: int, idp: int, backend: int, workers: int, extra: dict[str, Any]) -> Path:
     document: dict[str, Any] = {
         "listen": {"host": "127.0.0.1", "port": port},
@@ -200,13 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
         directory = Path(tmp)
-        backend, idp = free_port(), free_port()
-        py = sys.executable
         logs = directory / "servers.log"
-        with (
-            process([py, "-m", "demo_backend", "--port", str(backend)], backend, logs),
-            process([py, "-m", "bench.idp", "--port", str(idp)], idp, logs),
-        ):
+        with backend_and_idp(directory) as (backend, idp):
             rows: list[Row] = []
             for workers in args.workers:
                 print(f"bench: {workers} worker(s): direct, nginx, gateway x {args.rounds} rounds ...", flush=True)

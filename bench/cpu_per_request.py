@@ -20,13 +20,32 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .__main__ import PATH, TOKEN, gateway, process
+from .__main__ import PATH, TOKEN, backend_and_idp, gateway
 from .tools import free_port, wrk
 
 
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(url: str, pid: int, seconds: int, headers: dict[str, str]) -> tuple[float, float]:
+    """(CPU µs per request of process `pid`, requests per second) under wrk, after a one-second warm-up (the token
+    cached, the pools filled)."""
+    wrk(url, seconds=1, connections=64, threads=2, headers=headers)
+    before = cpu_seconds(pid)
+    result = wrk(url, seconds=seconds, connections=64, threads=2, headers=headers)
+    return 1e6 * (cpu_seconds(pid) - before) / result.requests, result.requests_per_second
+
+
+def summary(name: str, runs: list[tuple[float, float]], width: int) -> str:
+    """One line per measured target: the range and median of CPU per request, the range of throughput."""
+    micros = sorted(r[0] for r in runs)
+    rates = sorted(r[1] for r in runs)
+    return (
+        f"{name:>{width}}: CPU {micros[0]:.0f}-{micros[-1]:.0f} us/request "
+        f"(median {micros[len(micros) // 2]:.0f}); {rates[0]:,.0f}-{rates[-1]:,.0f} req/s"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,33 +63,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             on = {"tracing": {"enabled": True, "endpoint": endpoint, "sampling_ratio": 0}}
             variants[f"{checkout} tracing ratio 0"] = (checkout, on)
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
-    py = sys.executable
     with tempfile.TemporaryDirectory(prefix="gateway-cpu-") as tmp:
         directory = Path(tmp)
-        backend, idp = free_port(), free_port()
-        logs = directory / "servers.log"
-        with (
-            process([py, "-m", "demo_backend", "--port", str(backend)], backend, logs),
-            process([py, "-m", "bench.idp", "--port", str(idp)], idp, logs),
-        ):
+        with backend_and_idp(directory) as (backend, idp):
             for _ in range(args.rounds):
                 for name, (checkout, extra) in variants.items():
                     # An admin port of its own: the default one may be taken on a shared machine.
                     extra = {**extra, "admin": {"host": "127.0.0.1", "port": free_port()}}
                     with gateway(directory, idp, backend, 1, extra, source=checkout.resolve()) as (port, pid):
                         url = f"http://127.0.0.1:{port}{PATH}"
-                        wrk(url, seconds=1, connections=64, threads=2, headers=TOKEN)  # warm-up, token cached
-                        before = cpu_seconds(pid)
-                        result = wrk(url, seconds=args.seconds, connections=64, threads=2, headers=TOKEN)
-                        used = cpu_seconds(pid) - before
-                        results[name].append((1e6 * used / result.requests, result.requests_per_second))
+                        results[name].append(measure(url, pid, args.seconds, TOKEN))
     for checkout, runs in results.items():
-        micros = sorted(r[0] for r in runs)
-        rates = sorted(r[1] for r in runs)
-        print(
-            f"{checkout:>24}: CPU {micros[0]:.0f}-{micros[-1]:.0f} us/request "
-            f"(median {micros[len(micros) // 2]:.0f}); {rates[0]:,.0f}-{rates[-1]:,.0f} req/s"
-        )
+        print(summary(checkout, runs, 24))
     return 0
 
 

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from .__main__ import PATH, TOKEN, gateway, process
+from .__main__ import PATH, TOKEN, backend_and_idp, gateway
 from .recipes import move_cache, nginx_main, render
 from .tools import WrkResult, ensure_debian_packages, free_port, wait_for_port, wrk
 
@@ -65,13 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     ensure_debian_packages({"nginx": "nginx-light", "wrk": "wrk"})
-    py = sys.executable
     with tempfile.TemporaryDirectory(prefix="gateway-bench-fa-") as tmp, ExitStack() as stack:
         directory = Path(tmp)
-        backend, idp, decisions = free_port(), free_port(), free_port()
-        logs = directory / "servers.log"
-        stack.enter_context(process([py, "-m", "demo_backend", "--port", str(backend)], backend, logs))
-        stack.enter_context(process([py, "-m", "bench.idp", "--port", str(idp)], idp, logs))
+        backend, idp = stack.enter_context(backend_and_idp(directory))
+        decisions = free_port()
         forward_auth = {"forward_auth": {"host": "127.0.0.1", "port": decisions}, "logging": {"level": "warning"}}
         proxy_port, _ = stack.enter_context(gateway(directory, idp, backend, args.workers, forward_auth))
         ports = {

@@ -19,8 +19,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .__main__ import gateway, process
-from .tools import free_port, rss_bytes
+from .__main__ import backend_and_idp, gateway
+from .tools import rss_bytes
 
 LINE_VALUE = 16_370  # with the name "X-Pad-NN", 16,378 bytes: within aiohttp's max_field_size (16 KiB)
 
@@ -80,16 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lines", type=int, default=98)
     parser.add_argument("--hold", type=float, default=5.0, help="seconds the heads are held after they are sent")
     args = parser.parse_args(argv)
-    py = sys.executable
     mib = 1024 * 1024
     with tempfile.TemporaryDirectory(prefix="gateway-head-") as tmp:
         directory = Path(tmp)
-        backend, idp = free_port(), free_port()
-        logs = directory / "servers.log"
-        with (
-            process([py, "-m", "demo_backend", "--port", str(backend)], backend, logs),
-            process([py, "-m", "bench.idp", "--port", str(idp)], idp, logs),
-        ):
+        with backend_and_idp(directory) as (backend, idp):
             for checkout in args.checkouts:
                 with gateway(directory, idp, backend, 1, source=checkout.resolve()) as (port, pid):
                     before, peak, fates = asyncio.run(_attack(port, pid, args.connections, args.lines, args.hold))

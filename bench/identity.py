@@ -33,9 +33,8 @@ from gateway.config.identity import AssertionSettings
 from gateway.forward.assertion import Signer, signing_key
 from gateway.forward.identity_map import HeaderMap
 
-from .__main__ import PATH, TOKEN, gateway, process
-from .cpu_per_request import cpu_seconds
-from .tools import free_port, wrk
+from .__main__ import PATH, TOKEN, backend_and_idp, gateway
+from .cpu_per_request import measure
 
 METADATA = "urn:zitadel:iam:user:metadata"
 KEPT = ClaimSelection(
@@ -106,22 +105,11 @@ def cpu_rows(directory: Path, seconds: int, rounds: int) -> list[tuple[str, floa
         ),
     ]
     runs: dict[str, list[tuple[float, float]]] = {label: [] for label, _ in variants}
-    py = sys.executable
-    backend, idp = free_port(), free_port()
-    logs = directory / "servers.log"
-    with (
-        process([py, "-m", "demo_backend", "--port", str(backend)], backend, logs),
-        process([py, "-m", "bench.idp", "--port", str(idp)], idp, logs),
-    ):
+    with backend_and_idp(directory) as (backend, idp):
         for _ in range(rounds):
             for label, extra in variants:
                 with gateway(directory, idp, backend, 1, extra) as (port, pid):
-                    url = f"http://127.0.0.1:{port}{PATH}"
-                    wrk(url, seconds=1, connections=64, threads=2, headers=TOKEN)  # warm-up: token cached
-                    before = cpu_seconds(pid)
-                    result = wrk(url, seconds=seconds, connections=64, threads=2, headers=TOKEN)
-                    used = cpu_seconds(pid) - before
-                    runs[label].append((1e6 * used / result.requests, result.requests_per_second))
+                    runs[label].append(measure(f"http://127.0.0.1:{port}{PATH}", pid, seconds, TOKEN))
     rows = []
     for label, measured in runs.items():
         median = sorted(measured)[len(measured) // 2]

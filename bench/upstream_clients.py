@@ -18,8 +18,8 @@ from pathlib import Path
 from aiohttp import web
 
 from .__main__ import process
-from .cpu_per_request import cpu_seconds
-from .tools import free_port, wrk
+from .cpu_per_request import measure, summary
+from .tools import free_port
 
 CLIENTS = ("own", "aiohttp", "httpx")
 PATH = "/api/public"
@@ -119,18 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     command = [py, "-m", "bench.upstream_clients", "--serve", client, "--port", str(port)]
                     with process([*command, "--backend", f"http://127.0.0.1:{backend}"], port, logs) as pid:
                         url = f"http://127.0.0.1:{port}{PATH}"
-                        wrk(url, seconds=1, connections=64, threads=2, headers={})  # warm-up: the pool fills
-                        before = cpu_seconds(pid)
-                        result = wrk(url, seconds=args.seconds, connections=64, threads=2, headers={})
-                        used = cpu_seconds(pid) - before
-                        results[client].append((1e6 * used / result.requests, result.requests_per_second))
+                        results[client].append(measure(url, pid, args.seconds, {}))
     for client, runs in results.items():
-        micros = sorted(r[0] for r in runs)
-        rates = sorted(r[1] for r in runs)
-        print(
-            f"{client:>8}: CPU {micros[0]:.0f}-{micros[-1]:.0f} us/request "
-            f"(median {micros[len(micros) // 2]:.0f}); {rates[0]:,.0f}-{rates[-1]:,.0f} req/s"
-        )
+        print(summary(client, runs, 8))
     return 0
 
 
