@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bench.recipes import move_cache, nginx_main, render
 
-from .support import free_port, wait_for_port
+from .support import free_port, stop, wait_for_port
 
 
 @contextlib.asynccontextmanager
@@ -43,12 +43,7 @@ async def ingress(kind: str, directory: Path, *, gateway: int, backend: int) -> 
         await wait_for_port(port, proc, kind)
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()
         if cache_dir is not None:
             shutil.rmtree(cache_dir, ignore_errors=True)

@@ -259,6 +259,16 @@ def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 async def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
     """Until something accepts connections on 127.0.0.1:port; RuntimeError if `proc` exits first or never listens."""
     for _ in range(400):
@@ -296,10 +306,5 @@ async def gateway_process(
         await wait_for_port(port, proc, "gateway")
         yield f"http://127.0.0.1:{port}", proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()
