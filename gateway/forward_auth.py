@@ -81,12 +81,12 @@ def _refuse_forged_identity(runtime: Runtime, request: web.BaseRequest) -> None:
     """An identity header spelled with `_` cannot be overwritten by the ingress (Caddy, Traefik and Envoy pass such
     names through; WSGI and CGI backends read `X_Auth_Subject` as `X-Auth-Subject`). No client has a reason to
     send one, so the request is refused. Names spelled with `-` are overwritten by every recipe."""
-    for name in request.headers:
-        if "_" in name and (
-            normalised_name(name).startswith(IDENTITY_PREFIX)
-            or normalised_name(name) in {normalised_name(n) for n in runtime.config.identity.names}
-        ):
-            raise BadRequest("the request carries an identity header the gateway sets itself")
+    underscored = [normalised_name(name) for name in request.headers if "_" in name]
+    if not underscored:
+        return
+    mapped = {normalised_name(n) for n in runtime.config.identity.names}
+    if any(name.startswith(IDENTITY_PREFIX) or name in mapped for name in underscored):
+        raise BadRequest("the request carries an identity header the gateway sets itself")
 
 
 def allow_headers(runtime: Runtime, decision: Decision, request_id: str = "-") -> CIMultiDict[str]:
