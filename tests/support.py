@@ -304,6 +304,9 @@ async def gateway_process(
     )
     try:
         await wait_for_port(port, proc, "gateway")
+        decisions = (document.get("forward_auth") or {}).get("port")
+        if decisions:  # opened just after the proxy's: ready only once both listen
+            await wait_for_port(int(decisions), proc, "gateway's forward-auth listener")
         yield f"http://127.0.0.1:{port}", proc
     finally:
         stop(proc)
